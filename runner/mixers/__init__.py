@@ -1,0 +1,75 @@
+"""Registry of token mixers: name -> (module, mixer class, config class).
+
+Every mixer module defines a config dataclass (a subclass of :class:`MixerConfig`) and a :class:`Mixer`
+subclass constructed as ``Cls(d_model, cfg, layer_idx=0, n_layers=1)``. Modules are imported lazily so a
+broken optional mixer never blocks the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Mapping
+
+from .base import Mixer, MixerConfig, State, state_nbytes
+
+# name: (module, mixer class, config class, quadratic?)
+REGISTRY: dict[str, tuple[str, str, str, bool]] = {
+    "softmax": ("runner.mixers.softmax", "SoftmaxAttention", "SoftmaxConfig", True),
+    "gated_attention": ("runner.mixers.gated_attention", "GatedAttention", "GatedAttentionConfig", True),
+    "mla": ("runner.mixers.mla", "MultiHeadLatentAttention", "MLAConfig", True),
+    "dsa": ("runner.mixers.dsa", "DeepSeekSparseAttention", "DSAConfig", True),
+    "linear": ("runner.mixers.linear", "LinearAttention", "LinearAttentionConfig", False),
+    "lightning": ("runner.mixers.lightning", "LightningAttention", "LightningConfig", False),
+    "deltanet": ("runner.mixers.deltanet", "DeltaNet", "DeltaNetConfig", False),
+    "gated_deltanet": ("runner.mixers.gated_deltanet", "GatedDeltaNet", "GatedDeltaNetConfig", False),
+    "kda": ("runner.mixers.kda", "KimiDeltaAttention", "KDAConfig", False),
+    "mamba2": ("runner.mixers.mamba2", "Mamba2", "Mamba2Config", False),
+}
+
+
+def mixer_names(quadratic: bool | None = None) -> list[str]:
+    return [n for n, (_, _, _, q) in REGISTRY.items() if quadratic is None or q == quadratic]
+
+
+def _load(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown mixer {name!r}; known mixers: {', '.join(REGISTRY)}")
+    mod_name, cls_name, cfg_name, _ = REGISTRY[name]
+    mod = importlib.import_module(mod_name)
+    return getattr(mod, cls_name), getattr(mod, cfg_name)
+
+
+def make_config(spec: Mapping[str, Any], d_model: int, n_heads: int) -> MixerConfig:
+    """Turn a plain mapping (from Hydra) into the mixer's config dataclass, with clear errors for unknown keys
+    or bad values, and fill ``num_heads`` / ``head_dim`` from the model where they are None."""
+    spec = dict(spec)
+    name = spec.get("name")
+    _, cfg_cls = _load(name)
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(spec) - fields)
+    if unknown:
+        raise ValueError(f"mixer {name!r} has no option(s) {unknown}; its options are: {sorted(fields)}")
+    cfg = cfg_cls(**spec)
+    if cfg.num_heads is None:
+        cfg.num_heads = n_heads
+    if cfg.head_dim is None:
+        if d_model % cfg.num_heads:
+            raise ValueError(
+                f"mixer {name!r}: d_model={d_model} is not divisible by num_heads={cfg.num_heads}; "
+                f"set head_dim explicitly or choose num_heads dividing {d_model}")
+        cfg.head_dim = d_model // cfg.num_heads
+    if cfg.num_heads < 1 or cfg.head_dim < 1:
+        raise ValueError(f"mixer {name!r}: num_heads and head_dim must be >= 1, got {cfg.num_heads}, {cfg.head_dim}")
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: int = 0, n_layers: int = 1) -> Mixer:
+    cls, _ = _load(spec.get("name"))
+    cfg = make_config(spec, d_model, n_heads)
+    return cls(d_model, cfg, layer_idx=layer_idx, n_layers=n_layers)
+
+
+__all__ = ["Mixer", "MixerConfig", "State", "state_nbytes", "REGISTRY", "mixer_names", "make_config", "build_mixer"]

@@ -1,0 +1,165 @@
+"""The token-mixer contract and the small pieces every mixer shares.
+
+Every mixer, quadratic or linear, has the same face so the model, the benchmark and the tests never branch on
+its kind:
+
+* ``forward(x, state=None, *, need_state=True) -> (y, new_state)`` with ``x`` of shape (B, T, d_model).
+  ``state=None`` runs the parallel (training) form over the whole sequence; passing the state returned by an
+  earlier call continues the sequence (prefill then decode, one token or many). Continuing from a state gives
+  the same outputs as one forward over the whole sequence. The input state is never modified in place.
+  ``need_state=False`` lets training skip building the state (``new_state`` is then ``None``).
+* A state is a ``dict[str, Tensor]``: its memory is the sum of the tensors' ``nbytes``, which the benchmark
+  compares with the analytic ``state_bytes``.
+* ``state_bytes(batch, n, dtype)``: analytic size of the state after ``n`` tokens.
+* ``flops_per_token(n)``: forward FLOPs of one token at context length ``n`` (matmul FLOPs, 2 per MAC).
+* ``self.d_model`` is set by every mixer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = dict  # dict[str, torch.Tensor]
+
+
+@dataclass
+class MixerConfig:
+    """Fields every mixer understands. ``None`` means: derive from the model (num_heads = model.n_heads,
+    head_dim = d_model // num_heads). Subclasses add their own fields; unknown keys are config errors."""
+
+    name: str = "?"
+    num_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+
+
+class Mixer(nn.Module):
+    """Base class of all token mixers. ``quadratic`` is True when cost and state grow with context."""
+
+    quadratic: bool = False
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
+        raise NotImplementedError
+
+    def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
+        raise NotImplementedError
+
+    def flops_per_token(self, n: int) -> int:
+        raise NotImplementedError
+
+    def proj_flops(self) -> int:
+        """FLOPs per token of every nn.Linear inside the mixer (2 per weight)."""
+        return 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+
+def state_nbytes(state) -> int:
+    """Bytes actually held by a state: the sum of its tensors (nested dicts, lists and tuples allowed)."""
+    if state is None:
+        return 0
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm. ``zero_centered=True`` stores the gain as w with scale (1 + w), w initialised at 0
+    (Qwen3-Next's QK-norm and layer norms)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, zero_centered: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.zero_centered = zero_centered
+        self.weight = nn.Parameter(torch.zeros(dim) if zero_centered else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = 1.0 + self.weight if self.zero_centered else self.weight
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * w.float()).to(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """Output norm of the gated linear mixers: RMSNorm(o) * act(z) (Gated DeltaNet / Qwen3-Next use SiLU,
+    Kimi Delta Attention and lightning attention a sigmoid)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, activation: str = "silu"):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        if activation not in ("silu", "sigmoid"):
+            raise ValueError(f"GatedRMSNorm activation must be 'silu' or 'sigmoid', got {activation!r}")
+        self.activation = activation
+
+    def forward(self, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        of = o.float()
+        y = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        gate = F.silu(z.float()) if self.activation == "silu" else torch.sigmoid(z.float())
+        return (y * gate).to(o.dtype)
+
+
+def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + eps), the convention of flash-linear-attention and Qwen3-Next."""
+    return x * torch.rsqrt(x.pow(2).sum(dim=dim, keepdim=True) + eps)
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise 1-D convolution over time (kernel ``size``), optional SiLU, as in Mamba2, Gated DeltaNet
+    and KDA. The state is the last ``size - 1`` inputs, (B, channels, size - 1)."""
+
+    def __init__(self, channels: int, size: int = 4, activation: Optional[str] = "silu", bias: bool = False):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"conv_size must be >= 1, got {size}")
+        self.channels, self.size, self.activation = channels, size, activation
+        self.weight = nn.Parameter(torch.empty(channels, 1, size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def forward(self, x: torch.Tensor, tail: Optional[torch.Tensor] = None):
+        """x: (B, T, C). Returns (y (B, T, C), new_tail (B, C, size - 1))."""
+        B, T, C = x.shape
+        xt = x.transpose(1, 2)  # (B, C, T)
+        if tail is None:
+            tail = xt.new_zeros(B, C, self.size - 1)
+        xp = torch.cat([tail.to(xt.dtype), xt], dim=-1)  # (B, C, size - 1 + T)
+        y = F.conv1d(xp, self.weight, self.bias, groups=C)  # (B, C, T)
+        new_tail = xp[:, :, xp.shape[-1] - (self.size - 1):]
+        if self.activation == "silu":
+            y = F.silu(y)
+        return y.transpose(1, 2), new_tail
+
+    def state_bytes(self, batch: int, dtype: torch.dtype = torch.float32) -> int:
+        return batch * self.channels * (self.size - 1) * dtype_bytes(dtype)
+
+    def flops_per_token(self) -> int:
+        return 2 * self.channels * self.size
+
+
+def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, base: float = 10000.0, dtype=torch.float32):
+    """cos, sin of shape (T, rotary_dim // 2) for integer positions (T,)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=torch.float32) / rotary_dim))
+    ang = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``2 * cos.shape[-1]`` channels of x (B, T, H, D) in the rotate-half convention
+    (GPT-NeoX, Llama, Qwen); the remaining channels pass through (partial RoPE)."""
+    r = 2 * cos.shape[-1]
+    xr, xp = x[..., :r], x[..., r:]
+    x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    return torch.cat([out, xp], dim=-1) if xp.shape[-1] else out
