@@ -1,0 +1,123 @@
+"""Bench stage: cost versus context length n.
+
+For each n of ``bench.lengths`` (a geometric ladder): one training step (forward + backward + AdamW) at length n,
+its time and peak memory; inference prefill of n tokens, its tokens/s and peak memory; per-token decode time
+after a prefix of n (through the mixers' state); and the cache/state bytes after n tokens, both analytic
+(``state_bytes``) and measured (the tensors actually held). A length that runs out of memory, over the time
+budget or into an error is recorded with its reason and ends the ladder; the run goes on.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+
+import torch
+
+from .mixers.base import state_nbytes
+from .peakmem import measure
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(e).lower()
+
+
+class OverBudget(Exception):
+    pass
+
+
+def _timed(fn, cfg_bench, device):
+    """One warm-up (checked against the time budget), one run measuring peak memory (bench.memory), then
+    ``repeats`` timing-only runs. Returns (median seconds, peak bytes, value of the last run)."""
+    first = measure(fn, device, memory="none")
+    if first.seconds > cfg_bench.time_budget_s:
+        raise OverBudget(f"one run took {first.seconds:.1f} s > bench.time_budget_s={cfg_bench.time_budget_s}")
+    peak = measure(fn, device, memory=cfg_bench.memory).peak_bytes
+    runs = [measure(fn, device, memory="none") for _ in range(cfg_bench.repeats)]
+    return statistics.median(r.seconds for r in runs), peak, runs[-1].value
+
+
+def bench_length(model, n: int, cfg, device) -> dict:
+    bc = cfg.bench
+    B = bc.batch_size
+    gen = torch.Generator().manual_seed(cfg.seed + n)
+    idx = torch.randint(0, model.vocab_size, (B, n + 1), generator=gen).to(device)
+    x, y = idx[:, :-1], idx[:, 1:]
+    row = {"n": n, "batch": B}
+
+    # Training step. lr = 0 and no weight decay: the real optimiser work without changing the trained weights.
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
+    model.train()
+
+    def train_step():
+        loss, _ = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+
+    row["train_step_s"], row["train_peak_bytes"], _ = _timed(train_step, bc, device)
+    row["train_tokens_per_s"] = B * n / row["train_step_s"]
+    opt.zero_grad(set_to_none=True)
+    del opt
+
+    model.eval()
+    with torch.no_grad():
+        def prefill():
+            _, state = model(x, need_state=True)
+            _sync(device)
+            return state
+
+        t, row["prefill_peak_bytes"], state = _timed(prefill, bc, device)
+        row["prefill_s"] = t
+        row["prefill_tokens_per_s"] = B * n / t
+        row["state_bytes"] = model.state_bytes(B, n, next(model.parameters()).dtype)
+        row["state_bytes_measured"] = state_nbytes(state)
+
+        nxt = torch.randint(0, model.vocab_size, (B, bc.decode_tokens), generator=gen).to(device)
+        _, s = model(nxt[:, :1], state, need_state=True)  # warm-up step
+        times = []
+        s = state
+        for i in range(bc.decode_tokens):
+            _sync(device)
+            t0 = time.perf_counter()
+            _, s = model(nxt[:, i:i + 1], s, need_state=True)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        row["decode_s_per_token"] = statistics.median(times)
+    row["flops_per_token"] = model.flops_per_token(n)
+    row["status"] = "ok"
+    return row
+
+
+def run_bench(model, cfg, device, console=None) -> list[dict]:
+    rows = []
+    for n in cfg.bench.lengths:
+        try:
+            row = bench_length(model, int(n), cfg, device)
+        except OverBudget as e:
+            row = {"n": int(n), "status": "timeout", "reason": str(e)}
+        except Exception as e:  # OOM and any other failure end the ladder, not the run
+            status = "oom" if _is_oom(e) else "error"
+            row = {"n": int(n), "status": status, "reason": f"{type(e).__name__}: {e}",
+                   **({"traceback": traceback.format_exc(limit=5)} if status == "error" else {})}
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        if console is not None:
+            if row["status"] == "ok":
+                console.print(f"  bench n={n:>6}: train step {row['train_step_s'] * 1e3:8.1f} ms, "
+                              f"prefill {row['prefill_tokens_per_s']:>10,.0f} tok/s, "
+                              f"decode {row['decode_s_per_token'] * 1e3:6.2f} ms/tok")
+            else:
+                console.print(f"  bench n={n:>6}: [yellow]{row['status']}[/]: {row['reason']}; ladder stops here")
+        if row["status"] != "ok":
+            break
+    model.train()
+    return rows

@@ -1,0 +1,118 @@
+"""One run: validate the config, load the data, build the model, run the stages, write the results.
+
+A configuration error stops the run before any work with the list of problems. In a multirun sweep every job
+records its outcome (also a failure, with the error) in its results.json and the sweep goes on; a single run
+exits non-zero on failure.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from . import __version__
+from .config import ConfigError, validate
+from .track import Tracker, summary_tables
+
+
+def _run_dir() -> tuple[str, bool]:
+    """The Hydra run folder (hydra.run.dir / hydra.sweep.dir+subdir) and whether this is a multirun job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return hc.runtime.output_dir, hc.mode == RunMode.MULTIRUN
+    except (ValueError, ImportError):
+        return os.getcwd(), False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = None, console: Console | None = None) -> dict:
+    hydra_dir, hydra_multi = _run_dir()
+    run_dir = run_dir or hydra_dir
+    multirun = hydra_multi if multirun is None else multirun
+    console = console or Console(stderr=False)
+
+    try:
+        facts = validate(cfg)
+    except ConfigError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        if multirun:
+            t = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None, console)
+            t.finish("invalid_config", str(e))
+            return t.results
+        raise SystemExit(2)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(run_dir, resolved, cfg.logger, console)
+    tracker.results.update({"layer_types": facts["layer_types"], "run_dir": run_dir,
+                            "env": {"python": platform.python_version(), "torch": torch.__version__,
+                                    "runner": __version__, "threads": torch.get_num_threads(),
+                                    "machine": platform.machine()}})
+    try:
+        _stages(cfg, facts, tracker, run_dir, console)
+    except BaseException as e:  # record every failure, Ctrl-C included
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        tracker.finish(status, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
+        console.print(f"[bold red]{status}:[/] {type(e).__name__}: {e}")
+        if multirun and not isinstance(e, KeyboardInterrupt):
+            return tracker.results
+        raise
+    tracker.finish("completed")
+    for table in summary_tables(tracker.results):
+        console.print(table)
+    console.print(f"results: {os.path.join(run_dir, 'results.json')}")
+    return tracker.results
+
+
+def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> None:
+    from .bench import run_bench
+    from .data import load_corpus
+    from .evaluate import evaluate
+    from .model import HybridLM
+    from .train import train
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    tracker.results["env"]["device"] = str(device)
+    t0 = time.perf_counter()
+    corpus = load_corpus(cfg.data)
+    tracker.update(data=corpus.info())
+    console.print(f"data: {corpus.description}: {corpus.train.numel():,} train / {corpus.val.numel():,} val tokens "
+                  f"(fingerprint {corpus.fingerprint}, {time.perf_counter() - t0:.1f} s)")
+
+    m = cfg.model
+    attention = OmegaConf.to_container(cfg.attention, resolve=True)
+    full = OmegaConf.to_container(cfg.full, resolve=True)
+    model = HybridLM(corpus.vocab_size, m.d_model, m.n_heads, facts["layer_types"], attention, full,
+                     m.mlp_hidden, m.norm_eps, m.tie_embeddings, m.init_std).to(device)
+    tracker.update(n_params=model.n_params(), n_params_non_embedding=model.n_params(embeddings=False))
+    console.print(f"model: {m.name} d_model={m.d_model} layers={''.join(facts['layer_types'])} "
+                  f"({attention['name']} + {full['name']}), {model.n_params():,} parameters")
+
+    if "train" in cfg.stages:
+        tracker.update(train=train(model, corpus, cfg, tracker, device, run_dir))
+    if "eval" in cfg.stages:
+        ev = evaluate(model, corpus, cfg, device)
+        tracker.update(eval=ev)
+        tracker.log({"step": cfg.train.steps if "train" in cfg.stages else 0, "eval_loss": ev["loss"],
+                     "eval_bpb": ev["bpb"]})
+        console.print(f"eval: loss {ev['loss']:.4f} nats/token, ppl {ev['ppl']:.3f}, bpb {ev['bpb']:.4f} "
+                      f"(unigram {ev['unigram_bpb']:.4f})")
+    if "bench" in cfg.stages:
+        console.print("bench:")
+        tracker.update(bench=run_bench(model, cfg, device, console))

@@ -1,0 +1,125 @@
+"""The hybrid language model: embedding -> blocks (RMSNorm -> mixer -> RMSNorm -> SwiGLU MLP) -> RMSNorm -> head.
+
+Each block's mixer is the efficient mixer (`attention=`, 'L') or the full one (`full=`, 'F') as the layout says,
+the way Qwen3-Next, Kimi Linear and MiniMax-M1 interleave them. Pre-norm residual blocks as in Llama.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mixers import build_mixer
+from .mixers.base import RMSNorm, dtype_bytes
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, mixer: nn.Module, mlp_hidden: int, eps: float):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model, eps)
+        self.mixer = mixer
+        self.norm2 = RMSNorm(d_model, eps)
+        self.mlp = SwiGLU(d_model, mlp_hidden)
+
+    def forward(self, x, state=None, need_state=True):
+        y, new_state = self.mixer(self.norm1(x), state, need_state=need_state)
+        x = x + y
+        x = x + self.mlp(self.norm2(x))
+        return x, new_state
+
+
+def default_mlp_hidden(d_model: int) -> int:
+    return 16 * math.ceil(8 * d_model / 3 / 16)
+
+
+class HybridLM(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
+                 full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
+                 init_std: float = 0.02):
+        super().__init__()
+        self.layer_types = list(layer_types)
+        self.vocab_size, self.d_model = vocab_size, d_model
+        n = len(self.layer_types)
+        hidden = mlp_hidden or default_mlp_hidden(d_model)
+        self.embed = nn.Embedding(vocab_size, d_model)
+        blocks = []
+        for i, kind in enumerate(self.layer_types):
+            spec = attention if kind == "L" else full
+            blocks.append(Block(d_model, build_mixer(spec, d_model, n_heads, layer_idx=i, n_layers=n), hidden, norm_eps))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(d_model, norm_eps)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self._init(init_std, n)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _init(self, std: float, n_layers: int):
+        """GPT-2 style: N(0, std) for projections and embeddings, output projections of each residual branch
+        scaled by 1/sqrt(2 n_layers). Mixer-specific parameters (decays, gates, norms, convs) keep the mixers'
+        own initialisation."""
+        nn.init.normal_(self.embed.weight, std=std)
+        for block in self.blocks:
+            for name, mod in block.named_modules():
+                if isinstance(mod, nn.Linear):
+                    last = name.endswith(("out_proj", "o_proj", "down"))
+                    nn.init.normal_(mod.weight, std=std / math.sqrt(2 * n_layers) if last else std)
+                    if mod.bias is not None:
+                        nn.init.zeros_(mod.bias)
+
+    @property
+    def mixers(self):
+        return [b.mixer for b in self.blocks]
+
+    def forward(self, idx: torch.Tensor, state: Optional[list] = None, need_state: bool = False):
+        """idx (B, T) -> logits (B, T, vocab), list of per-layer states (or None)."""
+        x = self.embed(idx)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, None if state is None else state[i], need_state=need_state)
+            new_states.append(s)
+        logits = self.head(self.norm(x))
+        return logits, (new_states if need_state else None)
+
+    def aux_loss(self) -> Optional[torch.Tensor]:
+        """Sum of the mixers' auxiliary losses from the last forward (e.g. the sparse-attention indexer's KL)."""
+        losses = [m.aux_loss for m in self.mixers if getattr(m, "aux_loss", None) is not None]
+        return torch.stack(losses).sum() if losses else None
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (total loss for backward, language-model loss in nats/token)."""
+        logits, _ = self(idx)
+        lm = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        aux = self.aux_loss()
+        return (lm + aux if aux is not None else lm), lm.detach()
+
+    def n_params(self, embeddings: bool = True) -> int:
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        if not embeddings:
+            total -= self.embed.weight.numel()
+        return total
+
+    def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
+        return sum(m.state_bytes(batch, n, dtype) for m in self.mixers)
+
+    def flops_per_token(self, n: int) -> int:
+        """Forward FLOPs of one token at context n: mixers + MLPs + head."""
+        mlp = sum(2 * sum(p.numel() for p in b.mlp.parameters()) for b in self.blocks)
+        return sum(m.flops_per_token(n) for m in self.mixers) + mlp + 2 * self.d_model * self.vocab_size

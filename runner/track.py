@@ -1,0 +1,156 @@
+"""What a run leaves behind: results.json (atomic), metrics.jsonl (training curve), W&B, and the console.
+
+``results.json`` is rewritten atomically (temp file + fsync + rename) after each stage, so a reader never sees a
+half-written file and a run that dies keeps what it finished.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: non-finite floats become None (JSON has no NaN)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+class Tracker:
+    """Collects the results of a run and sends them to every sink."""
+
+    def __init__(self, run_dir: str, config: dict, logger_cfg=None, console: Optional[Console] = None):
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.console = console or Console()
+        self.results: dict = {"status": "running", "config": config}
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self._metrics = open(self.metrics_path, "a")
+        self.wandb = None
+        if logger_cfg is not None and logger_cfg.name == "wandb":
+            self.wandb = _start_wandb(run_dir, config, logger_cfg)
+
+    def update(self, **fields) -> None:
+        self.results.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(os.path.join(self.run_dir, "results.json"),
+                          json.dumps(_clean(self.results), indent=2, sort_keys=False) + "\n")
+
+    def log(self, row: dict) -> None:
+        """One point of the training curve."""
+        self._metrics.write(json.dumps(_clean(row)) + "\n")
+        self._metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row.get("step"))
+
+    def finish(self, status: str, error: Optional[str] = None) -> None:
+        self.results["status"] = status
+        if error:
+            self.results["error"] = error
+        self.save()
+        self._metrics.close()
+        if self.wandb is not None:
+            try:
+                _summarise_wandb(self.wandb, self.results)
+            finally:
+                self.wandb.finish(exit_code=0 if status == "completed" else 1)
+                self.wandb = None
+
+
+def _start_wandb(run_dir: str, config: dict, lg):
+    import wandb
+
+    tags = list(lg.tags) + [f"attention={config['attention']['name']}", f"ratio={config['ratio']}",
+                            f"model={config['model']['name']}", f"seq_len={config['seq_len']}"]
+    return wandb.init(project=lg.project, entity=lg.entity, group=lg.group, mode=lg.mode, dir=run_dir,
+                      config=config, tags=tags, reinit="finish_previous",
+                      settings=wandb.Settings(silent=True, console="off"))
+
+
+def _summarise_wandb(run, results: dict) -> None:
+    for section in ("train", "eval"):
+        for k, v in (results.get(section) or {}).items():
+            if isinstance(v, (int, float)):
+                run.summary[f"{section}/{k}"] = v
+    for k in ("n_params", "status", "layer_types"):
+        if k in results:
+            run.summary[k] = results[k]
+    rows = results.get("bench") or []
+    if rows:
+        import wandb
+
+        cols = sorted({c for r in rows for c in r})
+        run.log({"bench": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def summary_tables(results: dict) -> list[Table]:
+    """The rich tables printed at the end of a run."""
+    cfg = results.get("config", {})
+    head = Table(title="run", show_header=False)
+    head.add_row("mixers", f"{cfg.get('attention', {}).get('name')} + {cfg.get('full', {}).get('name')}")
+    head.add_row("layers", "".join(results.get("layer_types", [])))
+    head.add_row("params", f"{results.get('n_params', 0):,}")
+    head.add_row("status", str(results.get("status")))
+    tr, ev = results.get("train") or {}, results.get("eval") or {}
+    if tr:
+        head.add_row("train", f"{tr.get('steps')} steps, {tr.get('tokens'):,} tokens, "
+                              f"{tr.get('tokens_per_s', 0):,.0f} tok/s, final loss {tr.get('final_loss', float('nan')):.3f}, "
+                              f"{tr.get('wall_s', 0):.1f} s")
+    if ev:
+        head.add_row("eval", f"loss {ev.get('loss'):.4f}  ppl {ev.get('ppl'):.3f}  bpb {ev.get('bpb'):.4f}  "
+                             f"(unigram bpb {ev.get('unigram_bpb'):.4f})")
+    tables = [head]
+    rows = results.get("bench") or []
+    if rows:
+        t = Table(title="bench: cost versus context length n")
+        for col in ("n", "train step", "train peak", "prefill tok/s", "prefill peak", "decode ms/tok",
+                    "state (analytic)", "state (measured)", "status"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            def f(key, fn):
+                v = r.get(key)
+                return fn(v) if v is not None else "-"
+            t.add_row(str(r["n"]), f("train_step_s", lambda v: f"{v * 1e3:.1f} ms"), f("train_peak_bytes", fmt_bytes),
+                      f("prefill_tokens_per_s", lambda v: f"{v:,.0f}"), f("prefill_peak_bytes", fmt_bytes),
+                      f("decode_s_per_token", lambda v: f"{v * 1e3:.2f}"), f("state_bytes", fmt_bytes),
+                      f("state_bytes_measured", fmt_bytes), r.get("status", "?"))
+        tables.append(t)
+    return tables

@@ -1,0 +1,57 @@
+"""The memory measurement can fail: a known allocation is seen, an empty region reports (almost) nothing."""
+import pytest
+import torch
+
+from runner.peakmem import measure
+
+MB = 1_000_000
+
+
+def _alloc_200mb():
+    a = torch.ones(50_000_000)  # 200 MB, every page touched
+    return float(a[0])
+
+
+def test_known_allocation_is_seen():
+    m = measure(_alloc_200mb)
+    assert 200 * MB <= m.peak_bytes < 201 * MB, m.peak_bytes
+    r = measure(_alloc_200mb, memory="rss")
+    if r.peak_bytes is not None:  # physical pages, within the kernel's lazy counters of 200 MB
+        assert 199 * MB <= r.peak_bytes < 210 * MB, r.peak_bytes
+
+
+def test_peak_is_the_high_water_mark_not_the_end_state():
+    def region():
+        a = torch.ones(25_000_000)  # 100 MB
+        del a
+        b = torch.ones(12_500_000)  # 50 MB
+        return float(b[0])
+
+    m = measure(region)
+    assert 100 * MB <= m.peak_bytes < 101 * MB, m.peak_bytes
+
+
+def test_empty_region_reports_almost_nothing():
+    m = measure(lambda: 1 + 1)
+    assert m.peak_bytes < 1000, m.peak_bytes
+    r = measure(lambda: 1 + 1, memory="rss")
+    if r.peak_bytes is not None:
+        assert r.peak_bytes < 2 * MB, r.peak_bytes
+
+
+def test_freed_memory_from_earlier_region_does_not_hide_a_later_peak():
+    for method, floor in (("tensors", 100 * MB), ("rss", 99 * MB)):
+        measure(lambda: float(torch.ones(25_000_000)[0]), memory=method)
+        m = measure(lambda: float(torch.ones(25_000_000)[0]), memory=method)
+        if m.peak_bytes is not None:
+            assert m.peak_bytes >= floor, (method, m.peak_bytes)
+
+
+def test_timing_only_mode_skips_the_profiler():
+    m = measure(lambda: 3, memory="none")
+    assert m.value == 3 and m.peak_bytes is None and m.seconds >= 0
+
+
+def test_unknown_method_is_an_error():
+    with pytest.raises(ValueError, match="allowed"):
+        measure(lambda: 0, memory="vibes")
