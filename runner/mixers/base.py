@@ -73,6 +73,11 @@ def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half precisions are normalised in float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class RMSNorm(nn.Module):
     """RMSNorm. ``zero_centered=True`` stores the gain as w with scale (1 + w), w initialised at 0
     (Qwen3-Next's QK-norm and layer norms)."""
@@ -85,9 +90,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = 1.0 + self.weight if self.zero_centered else self.weight
-        xf = x.float()
+        xf = _upcast(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * w.float()).to(x.dtype)
+        return (y * w.to(xf.dtype)).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -103,9 +108,9 @@ class GatedRMSNorm(nn.Module):
         self.activation = activation
 
     def forward(self, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        of = o.float()
-        y = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        gate = F.silu(z.float()) if self.activation == "silu" else torch.sigmoid(z.float())
+        of, zf = _upcast(o), _upcast(z)
+        y = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(of.dtype)
+        gate = F.silu(zf) if self.activation == "silu" else torch.sigmoid(zf)
         return (y * gate).to(o.dtype)
 
 
