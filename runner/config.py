@@ -114,10 +114,22 @@ class ConfigError(ValueError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def register() -> None:
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS_DIR = os.path.join(ROOT, "experiments")
+
+
+def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
+    """Register the schema, and every experiments/<name>.yaml as option <name> of the `experiment` group
+    (package _global_: a study sets any key, overrides groups and may declare its own sweep)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="schema", node=Config)
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    if os.path.isdir(experiments_dir):
+        for fn in sorted(os.listdir(experiments_dir)):
+            if fn.endswith(".yaml"):
+                node = OmegaConf.load(os.path.join(experiments_dir, fn))
+                cs.store(group="experiment", name=fn[:-5], node=node, package="_global_")
 
 
 def validate(cfg: DictConfig | Config) -> dict:

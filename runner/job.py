@@ -100,7 +100,8 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
     full = OmegaConf.to_container(cfg.full, resolve=True)
     model = HybridLM(corpus.vocab_size, m.d_model, m.n_heads, facts["layer_types"], attention, full,
                      m.mlp_hidden, m.norm_eps, m.tie_embeddings, m.init_std).to(device)
-    tracker.update(n_params=model.n_params(), n_params_non_embedding=model.n_params(embeddings=False))
+    tracker.describe(layer_types=facts["layer_types"], n_params=model.n_params(),
+                     n_params_non_embedding=model.n_params(embeddings=False))
     console.print(f"model: {m.name} d_model={m.d_model} layers={''.join(facts['layer_types'])} "
                   f"({attention['name']} + {full['name']}), {model.n_params():,} parameters")
 

@@ -64,6 +64,12 @@ class Tracker:
         atomic_write_text(os.path.join(self.run_dir, "results.json"),
                           json.dumps(_clean(self.results), indent=2, sort_keys=False) + "\n")
 
+    def describe(self, **facts) -> None:
+        """Facts known once the model is built (layer_types, n_params): into results.json and the W&B config."""
+        self.update(**facts)
+        if self.wandb is not None:
+            self.wandb.config.update(facts, allow_val_change=True)
+
     def log(self, row: dict) -> None:
         """One point of the training curve."""
         self._metrics.write(json.dumps(_clean(row)) + "\n")

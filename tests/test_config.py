@@ -1,6 +1,7 @@
 """Config composition and validation: typos and bad values are errors that say what would be right."""
 import pytest
-from omegaconf.errors import ConfigCompositionException, OmegaConfBaseException
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import OmegaConfBaseException
 
 from runner.config import ConfigError, validate
 
