@@ -104,6 +104,7 @@ class Config:
     stages: List[str] = field(default_factory=lambda: list(STAGES))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    resume: Optional[str] = None  # a run folder to continue in (its checkpoint and results); None = this run's folder
 
 
 class ConfigError(ValueError):
@@ -161,6 +162,9 @@ def validate(cfg: DictConfig | Config) -> dict:
 
         need(torch.cuda.is_available(), f"device={dev!r} but CUDA is not available here; use device=cpu or device=auto")
 
+    if c.resume is not None and not os.path.isdir(os.path.expanduser(c.resume)):
+        problems.append(f"resume={c.resume!r} is not a folder; give the folder of the run to continue "
+                        f"(it holds results.json and checkpoints/)")
     t = c.train
     need(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
     need(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")

@@ -33,6 +33,21 @@ def _run_dir() -> tuple[str, bool]:
         return os.getcwd(), False
 
 
+def _finished_results(run_dir: str, resolved: dict) -> dict | None:
+    """results.json of a completed run of the same configuration in this folder, else None."""
+    import json
+
+    path = os.path.join(run_dir, "results.json")
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = {k: v for k, v in old.get("config", {}).items() if k != "resume"} == \
+        {k: v for k, v in resolved.items() if k != "resume"}
+    return old if old.get("status") == "completed" and same else None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,7 +70,15 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
             return t.results
         raise SystemExit(2)
 
+    if cfg.resume:
+        run_dir = os.path.abspath(os.path.expanduser(cfg.resume))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    done = _finished_results(run_dir, resolved)
+    if done is not None:
+        console.print(f"{run_dir} already holds a completed run with this configuration; not running it again")
+        for table in summary_tables(done):
+            console.print(table)
+        return done
     tracker = Tracker(run_dir, resolved, cfg.logger, console)
     tracker.results.update({"layer_types": facts["layer_types"], "run_dir": run_dir,
                             "env": {"python": platform.python_version(), "torch": torch.__version__,

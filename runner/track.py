@@ -77,6 +77,20 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row.get("step"))
 
+    def trim_metrics(self, last_step: int) -> None:
+        """On resume: drop curve points written after the checkpoint's step (they will be produced again)."""
+        self._metrics.close()
+        keep = []
+        with open(self.metrics_path) as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= last_step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    pass  # a line cut short by a kill
+        atomic_write_text(self.metrics_path, "".join(keep))
+        self._metrics = open(self.metrics_path, "a")
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         self.results["status"] = status
         if error:

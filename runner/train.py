@@ -1,16 +1,29 @@
 """Train stage: AdamW with linear warm-up and cosine decay, gradient clipping, periodic validation, a rich
-progress bar, the training curve in metrics.jsonl and a checkpoint in the run folder."""
+progress bar, the training curve in metrics.jsonl, and checkpoints that resume exactly.
+
+A checkpoint (``checkpoints/last.pt``, written atomically) holds the model, the optimizer, the step, the data
+sampler's and torch's RNG states and the running statistics, so a resumed run continues bit for bit where the
+interrupted one stopped. Checkpoints are written every ``train.ckpt_every`` steps, at the end, and when the run is
+asked to stop: SIGTERM (preemption) or a first Ctrl-C finish the current step, save, and stop with status
+``interrupted``; a second Ctrl-C stops at once.
+"""
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
+from contextlib import contextmanager
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .data import Corpus, eval_windows, random_batches
 from .evaluate import mean_loss
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on request (SIGINT / SIGTERM) after saving a checkpoint."""
 
 
 def lr_at(step: int, cfg) -> float:
@@ -23,9 +36,8 @@ def lr_at(step: int, cfg) -> float:
 
 
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on norms, biases, decay parameters or gates' vectors)."""
-    decay, no_decay = [], []
-    seen = set()
+    """AdamW; weight decay on matrices only (not on norms, biases, decay parameters or gate vectors)."""
+    decay, no_decay, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -35,32 +47,99 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def save_checkpoint(path: str, model, optimizer, step: int) -> None:
+def checkpoint_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints", "last.pt")
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """Atomic: a reader (or a resumed run) sees the previous checkpoint or the new one, never half of one."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+@contextmanager
+def stop_requests():
+    """SIGTERM and a first SIGINT set a flag checked between steps; a second SIGINT interrupts at once."""
+    flag = {"signal": None}
+
+    def on_term(signum, frame):
+        flag["signal"] = signal.Signals(signum).name
+
+    def on_int(signum, frame):
+        if flag["signal"]:
+            raise KeyboardInterrupt
+        flag["signal"] = "SIGINT"
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+RESUME_KEYS = ("model", "attention", "full", "ratio", "pattern", "seq_len", "seed", "train", "data")
+
+
+def training_identity(cfg) -> dict:
+    """The parts of the config a checkpoint must agree with to be resumed."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in RESUME_KEYS}
+
+
 def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str) -> dict:
-    """Runs cfg.train.steps optimisation steps; returns the train section of results.json."""
+    """Runs (or resumes) cfg.train.steps optimisation steps; returns the train section of results.json."""
     tc = cfg.train
     seq_len = cfg.seq_len
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = random_batches(corpus.train, tc.batch_size, seq_len, gen)
     vx, vy = eval_windows(corpus.val, seq_len, tc.eval_batches * tc.batch_size * seq_len)
     opt = make_optimizer(model, tc)
-    ckpt = os.path.join(run_dir, "checkpoints", "last.pt")
+    ckpt = checkpoint_path(run_dir)
     tokens_per_step = tc.batch_size * seq_len
-    recent: list[float] = []
+    start, recent, train_time, resumed_from = 0, [], 0.0, None
+    if os.path.exists(ckpt):
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        mine, theirs = training_identity(cfg), state.get("identity", {})
+        diff = sorted(k for k in RESUME_KEYS if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"{ckpt} was written by a run with different {', '.join(diff)}; resume it with the same "
+                             f"settings, or choose a new run folder (hydra.run.dir=...)")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, recent, train_time = state["step"], state["recent"], state["train_time"]
+        resumed_from = start
+        tracker.trim_metrics(start)
+        tracker.console.print(f"resuming from {ckpt} at step {start}")
+    batches = random_batches(corpus.train, tc.batch_size, seq_len, gen)
+
+    def payload(step):
+        return {"identity": training_identity(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "step": step, "recent": recent,
+                "train_time": train_time, "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+
     model.train()
     t_start = time.perf_counter()
-    train_time = 0.0  # excludes periodic validation and checkpoints
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
-    with Progress(*columns, console=tracker.console, transient=False) as bar:
-        task = bar.add_task("train", total=tc.steps, loss="-", tps="-")
-        for step in range(tc.steps):
+    with stop_requests() as stop, Progress(*columns, console=tracker.console, transient=False) as bar:
+        task = bar.add_task("train", total=tc.steps, completed=start, loss="-", tps="-")
+        for step in range(start, tc.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, tc)
             for g in opt.param_groups:
@@ -69,8 +148,9 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             x, y = x.to(device), y.to(device)
             loss, lm = model.loss(x, y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; "
-                                         f"try a lower train.lr (now {tc.lr}) or train.grad_clip")
+                raise FloatingPointError(
+                    f"non-finite training loss ({loss.item()}) at step {step}; the last good checkpoint is kept"
+                    f"{' at step ' + str(start) if os.path.exists(ckpt) else ''}. Try a lower train.lr (now {tc.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
@@ -88,15 +168,21 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 row = row or {"step": done, "loss": lm_val, "lr": lr, "tokens": done * tokens_per_step,
                               "tokens_per_s": tps}
+                rng = torch.get_rng_state()
                 row["val_loss"] = mean_loss(model, vx.to(device), vy.to(device), tc.batch_size)
+                torch.set_rng_state(rng)
                 model.train()
             if row is not None:
                 tracker.log(row)
+            if stop["signal"]:
+                save_checkpoint(ckpt, payload(done))
+                raise Interrupted(f"{stop['signal']} at step {done}; checkpoint saved to {ckpt}")
             if tc.ckpt_every and done % tc.ckpt_every == 0 and done < tc.steps:
-                save_checkpoint(ckpt, model, opt, done)
-    if tc.steps:
-        save_checkpoint(ckpt, model, opt, tc.steps)
+                save_checkpoint(ckpt, payload(done))
+    if tc.steps and start < tc.steps:
+        save_checkpoint(ckpt, payload(tc.steps))
     return {"steps": tc.steps, "tokens": tc.steps * tokens_per_step,
             "tokens_per_s": tc.steps * tokens_per_step / max(train_time, 1e-9),
             "final_loss": sum(recent) / len(recent) if recent else None,
-            "wall_s": time.perf_counter() - t_start, "checkpoint": ckpt if tc.steps else None}
+            "wall_s": time.perf_counter() - t_start, "resumed_from_step": resumed_from,
+            "checkpoint": ckpt if tc.steps else None}
