@@ -18,5 +18,16 @@ def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def _quiet_secondary_ranks() -> None:
+    """Under torchrun only rank 0 writes: other ranks send Hydra's own files to a temporary folder."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        import sys
+        import tempfile
+
+        sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='runner-rank')}", "hydra.output_subdir=null",
+                     "hydra/job_logging=none", "hydra/hydra_logging=none"]
+
+
 if __name__ == "__main__":
+    _quiet_secondary_ranks()
     main()

@@ -168,6 +168,9 @@ def validate(cfg: DictConfig | Config) -> dict:
     t = c.train
     need(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
     need(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    need(t.batch_size % world == 0, f"train.batch_size={t.batch_size} (the global batch) must be divisible by the "
+                                    f"{world} processes torchrun started")
     need(t.lr > 0, f"train.lr={t.lr} must be > 0, e.g. 3e-3")
     need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
     need(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps} must be >= 0")

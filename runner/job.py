@@ -18,7 +18,8 @@ from rich.console import Console
 
 from . import __version__
 from .config import ConfigError, validate
-from .track import Tracker, summary_tables
+from .distributed import env_info
+from .track import NullTracker, Tracker, summary_tables
 
 
 def _run_dir() -> tuple[str, bool]:
@@ -74,12 +75,16 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
         run_dir = os.path.abspath(os.path.expanduser(cfg.resume))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     done = _finished_results(run_dir, resolved)
-    if done is not None:
+    if done is not None and env_info().world == 1:
         console.print(f"{run_dir} already holds a completed run with this configuration; not running it again")
         for table in summary_tables(done):
             console.print(table)
         return done
-    tracker = Tracker(run_dir, resolved, cfg.logger, console)
+    if not env_info().is_main:
+        tracker = NullTracker(run_dir, resolved)
+        console = tracker.console
+    else:
+        tracker = Tracker(run_dir, resolved, cfg.logger, console)
     tracker.results.update({"layer_types": facts["layer_types"], "run_dir": run_dir,
                             "env": {"python": platform.python_version(), "torch": torch.__version__,
                                     "runner": __version__, "threads": torch.get_num_threads(),
@@ -94,6 +99,8 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
             return tracker.results
         raise
     tracker.finish("completed")
+    if isinstance(tracker, NullTracker):
+        return tracker.results
     for table in summary_tables(tracker.results):
         console.print(table)
     console.print(f"results: {os.path.join(run_dir, 'results.json')}")
@@ -109,9 +116,14 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from . import distributed
+
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    tracker.results["env"]["device"] = str(device)
+    dist_info = distributed.setup(device)
+    device = distributed.device_for(dist_info, device)
+    run_dir = distributed.broadcast(run_dir, dist_info)  # checkpoints are read from rank 0's folder
+    tracker.results["env"].update(device=str(device), world_size=dist_info.world)
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.data)
     tracker.update(data=corpus.info())
@@ -128,8 +140,13 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
     console.print(f"model: {m.name} d_model={m.d_model} layers={''.join(facts['layer_types'])} "
                   f"({attention['name']} + {full['name']}), {model.n_params():,} parameters")
 
-    if "train" in cfg.stages:
-        tracker.update(train=train(model, corpus, cfg, tracker, device, run_dir))
+    try:
+        if "train" in cfg.stages:
+            tracker.update(train=train(model, corpus, cfg, tracker, device, run_dir, dist_info))
+    finally:
+        distributed.teardown(dist_info)  # only rank 0 goes on to eval and bench
+    if not dist_info.is_main:
+        return
     if "eval" in cfg.stages:
         ev = evaluate(model, corpus, cfg, device)
         tracker.update(eval=ev)

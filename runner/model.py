@@ -84,8 +84,13 @@ class HybridLM(nn.Module):
     def mixers(self):
         return [b.mixer for b in self.blocks]
 
-    def forward(self, idx: torch.Tensor, state: Optional[list] = None, need_state: bool = False):
-        """idx (B, T) -> logits (B, T, vocab), list of per-layer states (or None)."""
+    def forward(self, idx: torch.Tensor, state: Optional[list] = None, need_state: bool = False,
+                targets: Optional[torch.Tensor] = None):
+        """idx (B, T) -> logits (B, T, vocab), list of per-layer states (or None).
+        With ``targets``: (total loss for backward, language-model loss in nats/token) instead, so that a
+        DistributedDataParallel wrapper sees the whole training computation in its forward."""
+        if targets is not None:
+            return self.loss(idx, targets)
         x = self.embed(idx)
         new_states = []
         for i, block in enumerate(self.blocks):

@@ -105,6 +105,31 @@ class Tracker:
                 self.wandb = None
 
 
+class NullTracker(Tracker):
+    """What ranks other than 0 get under torchrun: same interface, writes nothing, prints nothing."""
+
+    def __init__(self, run_dir: str, config: dict):
+        self.run_dir, self.wandb = run_dir, None
+        self.console = Console(quiet=True)
+        self.results = {"status": "running", "config": config}
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+
+    def save(self) -> None:
+        pass
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def describe(self, **facts) -> None:
+        self.results.update(facts)
+
+    def trim_metrics(self, last_step: int) -> None:
+        pass
+
+    def finish(self, status: str, error: Optional[str] = None) -> None:
+        self.results["status"] = status
+
+
 def _start_wandb(run_dir: str, config: dict, lg):
     import wandb
 

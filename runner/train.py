@@ -101,8 +101,13 @@ def training_identity(cfg) -> dict:
             for k in RESUME_KEYS}
 
 
-def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str) -> dict:
-    """Runs (or resumes) cfg.train.steps optimisation steps; returns the train section of results.json."""
+def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str, dist_info=None) -> dict:
+    """Runs (or resumes) cfg.train.steps optimisation steps; returns the train section of results.json.
+    Under torchrun (``dist_info``) each rank trains on its shard of every global batch; rank 0 writes."""
+    from . import distributed
+
+    dist_info = dist_info or distributed.DistInfo()
+    wrapped = distributed.wrap(model, dist_info, device)
     tc = cfg.train
     seq_len = cfg.seq_len
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -144,18 +149,20 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             lr = lr_at(step, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = next(batches)
-            x, y = x.to(device), y.to(device)
-            loss, lm = model.loss(x, y)
-            if not torch.isfinite(loss):
+            x, y = next(batches)  # the global batch; this rank's rows of it
+            x, y = distributed.shard(x, dist_info).to(device), distributed.shard(y, dist_info).to(device)
+            loss, lm = wrapped(x, targets=y)
+            # one collective per step: the global losses, and whether any rank was asked to stop
+            loss_val, lm_val, stop_any = distributed.mean_over_ranks(
+                [loss.item(), lm.item(), float(bool(stop["signal"]))], dist_info)
+            if not math.isfinite(loss_val):
                 raise FloatingPointError(
-                    f"non-finite training loss ({loss.item()}) at step {step}; the last good checkpoint is kept"
+                    f"non-finite training loss ({loss_val}) at step {step}; the last good checkpoint is kept"
                     f"{' at step ' + str(start) if os.path.exists(ckpt) else ''}. Try a lower train.lr (now {tc.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
             opt.step()
-            lm_val = lm.item()
             train_time += time.perf_counter() - t0
             recent = (recent + [lm_val])[-10:]
             done = step + 1
@@ -168,18 +175,20 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 row = row or {"step": done, "loss": lm_val, "lr": lr, "tokens": done * tokens_per_step,
                               "tokens_per_s": tps}
-                rng = torch.get_rng_state()
-                row["val_loss"] = mean_loss(model, vx.to(device), vy.to(device), tc.batch_size)
-                torch.set_rng_state(rng)
-                model.train()
+                if dist_info.is_main:
+                    rng = torch.get_rng_state()
+                    row["val_loss"] = mean_loss(model, vx.to(device), vy.to(device), tc.batch_size)
+                    torch.set_rng_state(rng)
+                    model.train()
             if row is not None:
                 tracker.log(row)
-            if stop["signal"]:
+            if stop_any > 0:
+                if dist_info.is_main:
+                    save_checkpoint(ckpt, payload(done))
+                raise Interrupted(f"{stop['signal'] or 'a stop request'} at step {done}; checkpoint saved to {ckpt}")
+            if tc.ckpt_every and done % tc.ckpt_every == 0 and done < tc.steps and dist_info.is_main:
                 save_checkpoint(ckpt, payload(done))
-                raise Interrupted(f"{stop['signal']} at step {done}; checkpoint saved to {ckpt}")
-            if tc.ckpt_every and done % tc.ckpt_every == 0 and done < tc.steps:
-                save_checkpoint(ckpt, payload(done))
-    if tc.steps and start < tc.steps:
+    if tc.steps and start < tc.steps and dist_info.is_main:
         save_checkpoint(ckpt, payload(tc.steps))
     return {"steps": tc.steps, "tokens": tc.steps * tokens_per_step,
             "tokens_per_s": tc.steps * tokens_per_step / max(train_time, 1e-9),

@@ -1,0 +1,88 @@
+"""Data parallelism under ``torchrun``: gloo on CPU, NCCL on GPU.
+
+``torchrun --nproc_per_node=N -m runner ...`` starts N processes; each takes 1/N of every global batch
+(``train.batch_size`` stays the global batch, so the loss curve matches a single process with the same batch up to
+float rounding), gradients are averaged by DistributedDataParallel, and only rank 0 logs, evaluates,
+benchmarks and writes files. Without torchrun's environment everything here is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup(device: torch.device) -> DistInfo:
+    info = env_info()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def device_for(info: DistInfo, device: torch.device) -> torch.device:
+    return torch.device("cuda", info.local_rank) if (info.enabled and device.type == "cuda") else device
+
+
+def broadcast(obj, info: DistInfo):
+    """Rank 0's value of a picklable object, on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's rows of a global batch."""
+    if not info.enabled:
+        return batch
+    per = batch.shape[0] // info.world
+    return batch[info.rank * per:(info.rank + 1) * per]
+
+
+def mean_over_ranks(values: list[float], info: DistInfo) -> list[float]:
+    """The mean of each value over all ranks (one collective for the whole list)."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / info.world).tolist()
+
+
+def wrap(model, info: DistInfo, device: torch.device):
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
