@@ -98,6 +98,13 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
         if multirun and not isinstance(e, KeyboardInterrupt):
             return tracker.results
         raise
+    if not isinstance(tracker, NullTracker) and tracker.results.get("bench"):
+        try:
+            from .plots import run_plots
+
+            tracker.results["plots"] = [os.path.basename(p) for p in run_plots(tracker.results, run_dir)]
+        except Exception as e:  # a plot must never fail a run
+            console.print(f"[yellow]plots skipped:[/] {type(e).__name__}: {e}")
     tracker.finish("completed")
     if isinstance(tracker, NullTracker):
         return tracker.results

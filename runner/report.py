@@ -1,0 +1,500 @@
+"""The end-of-sweep report: one table, the scaling exponents, crossovers and plots over every job of a sweep.
+
+``build_report(sweep_dir)`` reads every ``results.json`` under the sweep folder (job folders one level down or
+deeper) and writes, beside the jobs:
+
+- ``summary.csv``: one row per job (also failed ones, with the head of their error and whatever they finished);
+- ``report.md``: the comparison table in human units, the jobs that did not complete with their errors, the
+  crossover n of each configuration against the all-softmax model of the same size and seq_len, the Pareto
+  front, and links to the plots;
+- ``memory_vs_n.png``, ``time_vs_n.png``, ``quality_vs_ratio.png``, ``tradeoff.png`` (runner/plots.py).
+
+Jobs whose status is not ``completed`` appear in the table and the csv, but not in the plots, the common n, the
+Pareto front or the crossovers. Every file is written atomically.
+
+``python -m runner.report DIR`` rebuilds it for a finished sweep; :class:`ReportCallback` builds it when a Hydra
+multirun ends.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+from hydra.experimental.callback import Callback
+
+from .track import atomic_write_text, fmt_bytes
+
+log = logging.getLogger(__name__)
+
+TIME_KEYS = ("train_step_s", "prefill_s", "decode_s_per_token")
+MEMORY_KEYS = ("train_peak_bytes", "prefill_peak_bytes", "state_bytes")
+CROSSOVER_KEYS = (("train_step_s", "train step"), ("prefill_s", "prefill"), ("decode_s_per_token", "decode"),
+                  ("train_peak_bytes", "train peak memory"))
+PLOT_FILES = ("memory_vs_n.png", "time_vs_n.png", "quality_vs_ratio.png", "tradeoff.png")
+SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__"}
+
+CSV_COLUMNS = [
+    "job", "attention", "full", "ratio", "pattern", "layer_types", "full_fraction", "model", "seq_len", "seed",
+    "n_params", "status", "error", "train_tokens_per_s", "final_loss", "eval_loss", "ppl", "bpb", "unigram_bpb",
+    "n_common", "decode_ms_per_token", "train_peak_bytes", "state_bytes",
+    *(f"exp_{k}" for k in TIME_KEYS + MEMORY_KEYS),
+    "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS),
+]
+
+
+# ------------------------------------------------------------------------------------------ scaling maths
+
+
+def _pos(v: Any) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def scaling_exponent(ns: Sequence[float], values: Sequence[Optional[float]]) -> Optional[float]:
+    """Slope of log(value) against log(n) by least squares over the upper half of the ladder (the largest
+    ceil(k/2) of the k usable points, at least 2), where the asymptotic cost dominates: ~2 for a cost quadratic
+    in n, ~1 linear, ~0 constant. Points with a missing, zero or non-finite value are not usable. None when
+    fewer than 2 usable points (or a single distinct n) remain."""
+    pts = sorted((float(n), float(v)) for n, v in zip(ns, values) if _pos(n) and _pos(v))
+    if len(pts) < 2:
+        return None
+    pts = pts[-max(2, math.ceil(len(pts) / 2)):]
+    xs = [math.log(n) for n, _ in pts]
+    ys = [math.log(v) for _, v in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+def _series(rows: Optional[Iterable[dict]], key: str) -> dict[float, float]:
+    out = {}
+    for r in rows or []:
+        if not isinstance(r, dict) or r.get("status", "ok") != "ok":
+            continue
+        n, v = _pos(r.get("n")), _pos(r.get(key))
+        if n is not None and v is not None:
+            out[n] = v
+    return out
+
+
+def crossover(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optional[float]:
+    """The smallest n from which configuration a costs less than b in ``key`` (time or bytes: lower is better)
+    for the rest of the ladder, located by linear interpolation in log-log between the ladder points where the
+    sign of log(a/b) last changes. The smallest common n when a is cheaper at every common n; None when a is
+    not cheaper at the largest common n (never within the ladder) or the two share no measured n."""
+    a, b = _series(rows_a, key), _series(rows_b, key)
+    ns = sorted(set(a) & set(b))
+    if not ns:
+        return None
+    d = [math.log(a[n]) - math.log(b[n]) for n in ns]
+    if d[-1] >= 0:
+        return None
+    i = len(d) - 1
+    while i > 0 and d[i - 1] < 0:
+        i -= 1
+    if i == 0:
+        return ns[0]
+    d0, d1 = d[i - 1], d[i]  # d0 >= 0 > d1
+    t = d0 / (d0 - d1)
+    return math.exp(math.log(ns[i - 1]) + t * (math.log(ns[i]) - math.log(ns[i - 1])))
+
+
+# ------------------------------------------------------------------------------------------ collecting jobs
+
+
+def _natural(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def find_results(sweep_dir: str) -> list[str]:
+    """Every results.json under sweep_dir (its own, if any, and in job folders at any depth), in natural order
+    of the job folders (so '2_...' comes before '10_...')."""
+    found = []
+    for root, dirs, files in os.walk(sweep_dir):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+        if "results.json" in files:
+            found.append(os.path.join(root, "results.json"))
+    return sorted(found, key=lambda p: _natural(os.path.relpath(p, sweep_dir)))
+
+
+def error_head(err: Any, limit: int = 240) -> str:
+    """The informative first line of an error: the exception line, or for a list of problems ('invalid
+    configuration:' followed by '- ...' lines) the problems joined by '; '."""
+    if not err:
+        return ""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        problems = []
+        for ln in lines[1:]:
+            if ln.startswith("Traceback"):
+                break
+            problems.append(ln.lstrip("-* ").strip())
+        head = f"{head} {'; '.join(problems)}"
+    return head if len(head) <= limit else head[:limit - 1] + "…"
+
+
+def _job(path: str, sweep_dir: str) -> dict:
+    folder = os.path.dirname(path)
+    rel = os.path.relpath(folder, sweep_dir)
+    job = {"job": os.path.basename(os.path.abspath(folder)) if rel == "." else rel.replace(os.sep, "/"),
+           "dir": folder}
+    try:
+        with open(path) as f:
+            res = json.load(f)
+        if not isinstance(res, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        res = {"status": "unreadable", "error": f"{path}: {type(e).__name__}: {e}"}
+    cfg = res.get("config") if isinstance(res.get("config"), dict) else {}
+    sec = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    lt = res.get("layer_types") or []
+    lt = "".join(str(t) for t in lt) if isinstance(lt, list) else str(lt)
+    status = str(res.get("status", "unknown"))
+    err = res.get("error")
+    if not err and status == "running":
+        err = "no error recorded: the job stopped while running (killed?)"
+    train, ev = res.get("train") or {}, res.get("eval") or {}
+    job.update(
+        results=res, status=status, error=str(err) if err else "", error_head=error_head(err),
+        attention=sec("attention").get("name"), full=sec("full").get("name"), ratio=cfg.get("ratio"),
+        pattern=cfg.get("pattern"), layer_types=lt, model=sec("model").get("name"), seq_len=cfg.get("seq_len"),
+        seed=cfg.get("seed"), n_params=res.get("n_params"),
+        full_fraction=(lt.count("F") / len(lt)) if lt else None,
+        train_tokens_per_s=train.get("tokens_per_s"), final_loss=train.get("final_loss"),
+        eval_loss=ev.get("loss"), ppl=ev.get("ppl"), bpb=ev.get("bpb"), unigram_bpb=ev.get("unigram_bpb"),
+        rows=[r for r in (res.get("bench") or []) if isinstance(r, dict) and r.get("status", "ok") == "ok"
+              and _pos(r.get("n"))],
+    )
+    job["ok"] = status == "completed"
+    return job
+
+
+def _mixers(job: dict) -> set:
+    lt = job["layer_types"]
+    used = set()
+    if "L" in lt:
+        used.add(job["attention"])
+    if "F" in lt:
+        used.add(job["full"])
+    return used
+
+
+def _label(jobs: list[dict]) -> None:
+    """A short label per job naming what varies: 'gated_deltanet 3:1 small', plus the full mixer when the sweep
+    varies it, T=seq_len and seed when they vary. Ties between completed jobs get the job folder appended."""
+    varies = lambda k: len({j[k] for j in jobs}) > 1  # noqa: E731
+    vary_full, vary_t, vary_seed = varies("full"), varies("seq_len"), varies("seed")
+    for j in jobs:
+        lt = j["layer_types"]
+        names = []
+        if "L" in lt or not lt:
+            names.append(str(j["attention"]))
+        if "F" in lt and ("L" not in lt or vary_full):
+            names.append(str(j["full"]))
+        extra = ([f"T={j['seq_len']}"] if vary_t else []) + ([f"seed={j['seed']}"] if vary_seed else [])
+        j["layout"] = str(j["pattern"] or j["ratio"])
+        j["label"] = " ".join(["+".join(names), j["layout"], str(j["model"]), *extra])
+        group = [str(j["attention"])] + ([f"(full {j['full']})"] if vary_full else []) + [str(j["model"])] + extra
+        j["group"] = " ".join(group)
+    seen: dict[str, int] = {}
+    for j in jobs:
+        if j["ok"]:
+            seen[j["label"]] = seen.get(j["label"], 0) + 1
+    for j in jobs:
+        if j["ok"] and seen[j["label"]] > 1:
+            j["label"] += f" [{j['job']}]"
+
+
+def _common_n(jobs: list[dict]) -> Optional[int]:
+    sets = [{r["n"] for r in j["rows"]} for j in jobs if j["ok"] and j["rows"]]
+    if not sets:
+        return None
+    common = set.intersection(*sets)
+    return int(max(common)) if common else None
+
+
+def _at(job: dict, n: Optional[int], key: str):
+    if n is None:
+        return None
+    for r in job["rows"]:
+        if r["n"] == n:
+            return r.get(key)
+    return None
+
+
+def _baselines(jobs: list[dict]) -> dict:
+    """(model, seq_len) -> the first completed job whose every layer is softmax attention."""
+    out = {}
+    for j in jobs:
+        if j["ok"] and j["rows"] and j["layer_types"] and _mixers(j) == {"softmax"}:
+            out.setdefault((j["model"], j["seq_len"]), j)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- output
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return str(v)
+
+
+def _write_csv(path: str, jobs: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for j in jobs:
+        row = dict(j, error=j["error_head"])
+        w.writerow([_csv_value(row.get(c)) for c in CSV_COLUMNS])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _md(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _f(v, fmt: str, scale: float = 1.0) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return format(v * scale, fmt)
+
+
+def _count(v) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f} {unit}"
+    return f"{v:.0f}"
+
+
+def _cross_text(x: Optional[float], a_rows, b_rows, key: str) -> str:
+    a, b = _series(a_rows, key), _series(b_rows, key)
+    ns = sorted(set(a) & set(b))
+    if not ns:
+        return "-"
+    if x is None:
+        return f"> {ns[-1]:,.0f}"
+    if x == ns[0] and a[ns[0]] < b[ns[0]]:
+        return f"≤ {ns[0]:,.0f}"
+    return f"{x:,.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], crossings: list[dict],
+              front: list[dict], plots: list[str]) -> None:
+    done = [j for j in jobs if j["ok"]]
+    notdone = [j for j in jobs if not j["ok"]]
+    lines = [f"# Sweep report: {os.path.abspath(sweep_dir)}", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. {len(jobs)} jobs: {len(done)} completed"
+             + (", " + ", ".join(f"{sum(j['status'] == s for j in notdone)} {s}"
+                                 for s in sorted({j['status'] for j in notdone})) if notdone else "") + ".", ""]
+    at = f"n = {n:,}" if n else "n (none common)"
+    lines += ["## Comparison", "",
+              f"Costs at {at}, the largest context length measured by every completed job. Exponents: slope of "
+              "log(cost) vs log(n) over the upper half of each job's bench ladder (~2 quadratic, ~1 linear, "
+              "~0 constant). Losses in nats per token; bpb = bits per byte (unigram: the floor to beat).", ""]
+    header = ["job", "config", "layers", "params", "status", "train tok/s", "final loss", "eval loss", "ppl", "bpb",
+              "unigram bpb", "decode ms/tok", "train peak", "state", "exp train step", "exp prefill",
+              "exp decode", "exp train mem", "exp state"]
+    rows = []
+    for j in jobs:
+        rows.append([j["job"], j["label"], j["layer_types"] or "-", _count(j["n_params"]), j["status"],
+                     _count(j["train_tokens_per_s"]), _f(j["final_loss"], ".3f"), _f(j["eval_loss"], ".3f"),
+                     _f(j["ppl"], ".3f"), _f(j["bpb"], ".3f"), _f(j["unigram_bpb"], ".3f"),
+                     _f(j["decode_ms_per_token"], ".3f"),
+                     fmt_bytes(j["train_peak_bytes"]) if _pos(j["train_peak_bytes"]) else "-",
+                     fmt_bytes(j["state_bytes"]) if _pos(j["state_bytes"]) else "-",
+                     *(_f(j[f"exp_{k}"], ".2f") for k in ("train_step_s", "prefill_s", "decode_s_per_token",
+                                                          "train_peak_bytes", "state_bytes"))])
+    lines += _table(header, rows) + [""]
+
+    if notdone:
+        lines += ["## Jobs that did not complete", ""]
+        for j in notdone:
+            lines.append(f"- **{_md(j['job'])}** ({j['status']}): {_md(j['error_head'] or 'no error recorded')}")
+        lines.append("")
+        for j in notdone:
+            if j["error"] and j["error"].strip() != j["error_head"]:
+                text = "\n".join(j["error"].strip().splitlines()[:40])
+                lines += [f"<details><summary>{_md(j['job'])}: full error</summary>", "", "```", text, "```", "",
+                          "</details>", ""]
+
+    lines += ["## Crossover against the all-softmax model", ""]
+    if crossings:
+        lines += ["The context length n from which each configuration costs less than the all-softmax model of "
+                  "the same size and seq_len (interpolated in log-log between ladder points; '≤ n' cheaper from "
+                  "the first common n, '> n' not cheaper within the ladder).", ""]
+        lines += _table(["config", "baseline", *(name for _, name in CROSSOVER_KEYS)],
+                        [[c["label"], c["baseline"], *c["text"]] for c in crossings]) + [""]
+    else:
+        lines += ["No pair to compare: the sweep has no completed all-softmax job with bench results and another "
+                  "completed job of the same model and seq_len.", ""]
+
+    if front:
+        lines += [f"## Pareto front at {at}", "",
+                  "Configurations that no other is both better (bpb) and cheaper than:", ""]
+        for f in front:
+            lines.append(f"- {f['cost']}: " + ", ".join(f"{_md(p['label'])} (bpb {p['bpb']:.3f}, {p['value']})"
+                                                        for p in f["points"]))
+        lines.append("")
+
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots:
+            name = os.path.basename(p)
+            lines += [f"[{name}]({name})", "", f"![{name[:-4].replace('_', ' ')}]({name})", ""]
+    lines += ["Per-job data: [summary.csv](summary.csv).", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def build_report(sweep_dir: str) -> dict:
+    """Collect every results.json under sweep_dir, write summary.csv, report.md and the plots beside them.
+    Returns {"jobs": [csv rows], "n_common", "crossovers", "summary_csv", "report_md", "plots"}."""
+    sweep_dir = os.path.abspath(os.path.expanduser(str(sweep_dir)))
+    if not os.path.isdir(sweep_dir):
+        raise FileNotFoundError(f"{sweep_dir} is not a folder")
+    paths = find_results(sweep_dir)
+    if not paths:
+        raise FileNotFoundError(f"no results.json under {sweep_dir}: not a sweep folder, or no job has started")
+    jobs = [_job(p, sweep_dir) for p in paths]
+    _label(jobs)
+    n = _common_n(jobs)
+    for j in jobs:
+        j["n_common"] = n if j["ok"] and j["rows"] else None
+        dec = _at(j, j["n_common"], "decode_s_per_token")
+        j["decode_ms_per_token"] = dec * 1e3 if _pos(dec) else None
+        j["train_peak_bytes"] = _at(j, j["n_common"], "train_peak_bytes")
+        j["state_bytes"] = _at(j, j["n_common"], "state_bytes")
+        ns = [r["n"] for r in j["rows"]]
+        for k in TIME_KEYS + MEMORY_KEYS:
+            e = scaling_exponent(ns, [r.get(k) for r in j["rows"]])
+            j[f"exp_{k}"] = None if e is None else round(e, 4)
+
+    crossings = []
+    bases = _baselines(jobs)
+    for j in jobs:
+        j["baseline"] = None
+        base = bases.get((j["model"], j["seq_len"]))
+        if not (j["ok"] and j["rows"]) or base is None or base is j or _mixers(j) == {"softmax"}:
+            continue
+        j["baseline"] = base["job"]
+        text = []
+        for k, _ in CROSSOVER_KEYS:
+            x = crossover(j["rows"], base["rows"], k)
+            j[f"crossover_{k}"] = None if x is None else round(x, 2)
+            text.append(_cross_text(x, j["rows"], base["rows"], k))
+        crossings.append({"label": j["label"], "job": j["job"], "baseline": base["label"], "text": text,
+                          **{k: j[f"crossover_{k}"] for k, _ in CROSSOVER_KEYS}})
+
+    from .plots import pareto_front
+
+    front = []
+    done = [j for j in jobs if j["ok"] and _pos(j["bpb"])]
+    for key, name, show in (("decode_ms_per_token", "decode time", lambda v: f"{v:.3f} ms/token"),
+                            ("state_bytes", "state bytes", fmt_bytes)):
+        pts = [j for j in done if _pos(j[key])]
+        if len(pts) >= 2:
+            idx = pareto_front([j[key] for j in pts], [j["bpb"] for j in pts])
+            front.append({"cost": f"bpb vs {name}",
+                          "points": [{"label": pts[i]["label"], "bpb": pts[i]["bpb"], "value": show(pts[i][key])}
+                                     for i in idx]})
+
+    plots = _plots(sweep_dir, jobs, n)
+    summary_csv = os.path.join(sweep_dir, "summary.csv")
+    report_md = os.path.join(sweep_dir, "report.md")
+    _write_csv(summary_csv, jobs)
+    _write_md(report_md, sweep_dir, jobs, n, crossings, front, plots)
+    return {"jobs": [{c: j.get(c) for c in CSV_COLUMNS} for j in jobs], "n_common": n, "crossovers": crossings,
+            "summary_csv": summary_csv, "report_md": report_md, "plots": plots}
+
+
+def _plots(sweep_dir: str, jobs: list[dict], n: Optional[int]) -> list[str]:
+    from . import plots as P
+
+    done = [j for j in jobs if j["ok"]]
+    written = P.sweep_scaling_plots([(j["label"], j["rows"]) for j in done if j["rows"]], sweep_dir)
+    p = P.quality_vs_ratio_plot([{"group": j["group"], "fraction": j["full_fraction"], "layout": j["layout"],
+                                  "bpb": j["bpb"], "ppl": j["ppl"], "unigram_bpb": j["unigram_bpb"]}
+                                 for j in done], os.path.join(sweep_dir, "quality_vs_ratio.png"))
+    if p:
+        written.append(p)
+    if n is not None:
+        p = P.tradeoff_plot([{"label": j["label"], "bpb": j["bpb"],
+                              "decode_s_per_token": _at(j, n, "decode_s_per_token"),
+                              "state_bytes": _at(j, n, "state_bytes")} for j in done],
+                            n, os.path.join(sweep_dir, "tradeoff.png"))
+        if p:
+            written.append(p)
+    for name in PLOT_FILES:  # a plot from an earlier build that no longer applies would mislead
+        stale = os.path.join(sweep_dir, name)
+        if stale not in written and os.path.exists(stale):
+            os.unlink(stale)
+    return written
+
+
+# ---------------------------------------------------------------------------------------- entry points
+
+
+class ReportCallback(Callback):
+    """Hydra callback: when a multirun ends, build the report in ``hydra.sweep.dir``. A failing report is
+    logged, never raised: the jobs' results are already on disk and `python -m runner.report DIR` can retry."""
+
+    def __init__(self, enabled: bool = True, **_: Any) -> None:
+        self.enabled = enabled
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        try:
+            sweep_dir = str(config.hydra.sweep.dir)
+            out = build_report(sweep_dir)
+            log.info("sweep report: %s (%d jobs, %d plots)", out["report_md"], len(out["jobs"]), len(out["plots"]))
+        except BaseException as e:  # noqa: BLE001 - a report must never fail the sweep
+            if isinstance(e, KeyboardInterrupt):
+                log.warning("sweep report interrupted")
+                return
+            log.warning("sweep report failed: %s: %s", type(e).__name__, e, exc_info=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runner.report",
+                                 description="Build summary.csv, report.md and the plots of a finished sweep folder.")
+    ap.add_argument("dir", help="the sweep folder (e.g. multirun/2025-01-01/12-00-00), or one run folder")
+    args = ap.parse_args(argv)
+    try:
+        out = build_report(args.dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ok = sum(j["status"] == "completed" for j in out["jobs"])
+    print(f"{len(out['jobs'])} jobs ({ok} completed), common n = {out['n_common']}")
+    for p in [out["summary_csv"], out["report_md"], *out["plots"]]:
+        print(f"  wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The sweep report on a synthetic sweep whose costs are exact power laws of n, so exponents and crossovers have
+known values; the CLI, the Hydra callback and the single-run plots."""
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from runner.plots import pareto_front, run_plots
+from runner.report import ReportCallback, build_report, crossover, error_head, scaling_exponent
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LADDER = [32, 64, 128, 256, 512]
+
+
+def bench_rows(ns, train, prefill, decode, train_mem, state, stop_at=None):
+    """Rows whose costs are the given functions of n; from stop_at on, a timeout row ends the ladder."""
+    rows = []
+    for n in ns:
+        if stop_at is not None and n >= stop_at:
+            rows.append({"n": n, "status": "timeout", "reason": "one run took 99 s > bench.time_budget_s=30"})
+            break
+        rows.append({"n": n, "batch": 1, "train_step_s": train(n), "train_tokens_per_s": n / train(n),
+                     "train_peak_bytes": train_mem(n), "prefill_s": prefill(n), "prefill_tokens_per_s": n / prefill(n),
+                     "prefill_peak_bytes": train_mem(n) / 4, "decode_s_per_token": decode(n), "state_bytes": state(n),
+                     "state_bytes_measured": state(n), "flops_per_token": 1000 * n, "status": "ok"})
+    return rows
+
+
+def fake_results(attention, ratio, layer_types, status="completed", bpb=None, bench=None, error=None,
+                 full="gated_attention", model="small", seq_len=64, train=True):
+    r = {"status": status,
+         "config": {"attention": {"name": attention}, "full": {"name": full}, "ratio": ratio, "pattern": None,
+                    "model": {"name": model, "d_model": 64}, "seq_len": seq_len, "seed": 0}}
+    if layer_types:
+        r.update(layer_types=list(layer_types), n_params=123_456, n_params_non_embedding=100_000)
+    if train:
+        r["train"] = {"steps": 10, "tokens": 10_240, "tokens_per_s": 5000.0, "final_loss": 1.5, "wall_s": 2.0}
+    if bpb is not None:
+        loss = bpb * math.log(2)  # byte tokens: nats/token = bpb * ln 2
+        r["eval"] = {"loss": loss, "ppl": math.exp(loss), "bpb": bpb, "unigram_bpb": 4.9, "tokens": 4096}
+    if bench is not None:
+        r["bench"] = bench
+    if error:
+        r["error"] = error
+    return r
+
+
+def write(sweep, job, results):
+    d = sweep / job
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(results))
+
+
+SOFTMAX = dict(train=lambda n: 1e-6 * n**2, prefill=lambda n: 5e-7 * n**2, decode=lambda n: 1e-5 * n,
+               train_mem=lambda n: 100.0 * n**2, state=lambda n: 4096 * n)
+GDN = dict(train=lambda n: 1e-4 * n, prefill=lambda n: 5e-5 * n, decode=lambda n: 2e-3,
+           train_mem=lambda n: 2e4 * n, state=lambda n: 65536)
+GDN_ALL = dict(GDN, train=lambda n: 8e-5 * n, decode=lambda n: 1.5e-3, state=lambda n: 4 * 16384)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    s = tmp_path_factory.mktemp("multirun") / "2025-01-01" / "12-00-00"
+    write(s, "0_softmax_1:0_64", fake_results("softmax", "1:0", "LLLL", bpb=2.0, bench=bench_rows(LADDER, **SOFTMAX)))
+    write(s, "1_gated_deltanet_3:1_64", fake_results("gated_deltanet", "3:1", "LLLF", bpb=2.1,
+                                                     bench=bench_rows(LADDER, **GDN)))
+    write(s, "2_kda_3:1_64", fake_results(
+        "kda", "3:1", "LLLF", status="failed",
+        error="RuntimeError: boom in the kda chunk loop\nTraceback (most recent call last):\n  File \"x.py\", line 1"))
+    write(s, "3_nope_3:1_64", fake_results(
+        "nope", "3:1", None, status="invalid_config", train=False,
+        error="invalid configuration:\n  - attention.name='nope' is not a known mixer\n  - seq_len=0 must be >= 1"))
+    # a ladder that stops at a timeout: the largest n common to all completed jobs becomes 256
+    write(s, "10_gated_deltanet_1:0_64", fake_results("gated_deltanet", "1:0", "LLLL", bpb=2.3,
+                                                      bench=bench_rows(LADDER, stop_at=512, **GDN_ALL)))
+    out = build_report(str(s))
+    return s, out
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return {r["job"]: r for r in csv.DictReader(f)}
+
+
+def test_summary_csv_rows_exponents_and_crossovers(sweep):
+    s, out = sweep
+    rows = read_csv(s / "summary.csv")
+    assert list(rows) == ["0_softmax_1:0_64", "1_gated_deltanet_3:1_64", "2_kda_3:1_64", "3_nope_3:1_64",
+                          "10_gated_deltanet_1:0_64"]
+    sm, gd, kda, bad, gd_all = rows.values()
+
+    assert kda["status"] == "failed" and kda["error"] == "RuntimeError: boom in the kda chunk loop"
+    assert bad["status"] == "invalid_config"
+    assert "attention.name='nope'" in bad["error"] and "seq_len=0" in bad["error"]
+    assert kda["exp_train_step_s"] == "" and kda["n_common"] == "" and kda["decode_ms_per_token"] == ""
+
+    assert sm["attention"] == "softmax" and sm["ratio"] == "1:0" and sm["layer_types"] == "LLLL"
+    assert gd["layer_types"] == "LLLF" and float(gd["full_fraction"]) == 0.25 and gd["full"] == "gated_attention"
+    assert gd["model"] == "small" and gd["seq_len"] == "64" and gd["n_params"] == "123456"
+    assert float(gd["bpb"]) == 2.1 and float(gd["ppl"]) == pytest.approx(2 ** 2.1)
+    assert float(gd["train_tokens_per_s"]) == 5000.0 and float(gd["final_loss"]) == 1.5
+
+    # the largest n measured by every completed job (the 1:0 ladder timed out at 512)
+    assert {r["n_common"] for r in (sm, gd, gd_all)} == {"256"} and out["n_common"] == 256
+    assert float(sm["decode_ms_per_token"]) == pytest.approx(1e-5 * 256 * 1e3)
+    assert float(gd["decode_ms_per_token"]) == pytest.approx(2.0)
+    assert float(sm["train_peak_bytes"]) == 100 * 256**2 and float(sm["state_bytes"]) == 4096 * 256
+
+    for r, t, p, d, m, st in ((sm, 2, 2, 1, 2, 1), (gd, 1, 1, 0, 1, 0), (gd_all, 1, 1, 0, 1, 0)):
+        assert float(r["exp_train_step_s"]) == pytest.approx(t, abs=1e-9)
+        assert float(r["exp_prefill_s"]) == pytest.approx(p, abs=1e-9)
+        assert float(r["exp_decode_s_per_token"]) == pytest.approx(d, abs=1e-9)
+        assert float(r["exp_train_peak_bytes"]) == pytest.approx(m, abs=1e-9)
+        assert float(r["exp_state_bytes"]) == pytest.approx(st, abs=1e-9)
+
+    # crossovers against the all-softmax job of the same model and seq_len: 1e-4 n = 1e-6 n^2 at n = 100, ...
+    assert sm["baseline"] == "" and gd["baseline"] == "0_softmax_1:0_64"
+    assert float(gd["crossover_train_step_s"]) == pytest.approx(100)
+    assert float(gd["crossover_prefill_s"]) == pytest.approx(100)
+    assert float(gd["crossover_decode_s_per_token"]) == pytest.approx(200)
+    assert float(gd["crossover_train_peak_bytes"]) == pytest.approx(200)
+    assert float(gd_all["crossover_train_step_s"]) == pytest.approx(80)
+    assert float(gd_all["crossover_decode_s_per_token"]) == pytest.approx(150)
+    assert [c["job"] for c in out["crossovers"]] == ["1_gated_deltanet_3:1_64", "10_gated_deltanet_1:0_64"]
+
+
+def test_report_md_lists_failures_crossovers_and_plots(sweep):
+    s, out = sweep
+    md = (s / "report.md").read_text()
+    assert "5 jobs: 3 completed, 1 failed, 1 invalid_config" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| 1_gated_deltanet_3:1_64 ")]
+    assert len(table) == 1
+    cells = [c.strip() for c in table[0].strip("|").split("|")]
+    assert cells[1] == "gated_deltanet 3:1 small" and cells[2] == "LLLF" and cells[3] == "123.46 k"
+    assert cells[9] == "2.100" and cells[11] == "2.000" and cells[-5:] == ["1.00", "1.00", "0.00", "1.00", "0.00"]
+    assert "n = 256" in md
+    failed = md[md.index("## Jobs that did not complete"):md.index("## Crossover")]
+    assert "**2_kda_3:1_64** (failed): RuntimeError: boom in the kda chunk loop" in failed
+    assert "**3_nope_3:1_64** (invalid_config): invalid configuration: attention.name='nope'" in failed
+    assert "0_softmax" not in failed
+    cross = md[md.index("## Crossover"):]
+    row = [ln for ln in cross.splitlines() if ln.startswith("| gated_deltanet 3:1 small |")]
+    assert row and [c.strip() for c in row[0].strip("|").split("|")][1:] == [
+        "softmax 1:0 small", "100", "100", "200", "200"]
+    assert "Pareto front" in md
+    for name in ("memory_vs_n.png", "time_vs_n.png", "quality_vs_ratio.png", "tradeoff.png"):
+        assert f"]({name})" in md
+    assert "](summary.csv)" in md
+
+
+def test_plots_are_real_images(sweep):
+    s, out = sweep
+    names = sorted(os.path.basename(p) for p in out["plots"])
+    assert names == ["memory_vs_n.png", "quality_vs_ratio.png", "time_vs_n.png", "tradeoff.png"]
+    for p in out["plots"]:
+        check_png(p)
+    assert not [f for _, _, fs in os.walk(s) for f in fs if f.startswith(".tmp")]
+
+
+def check_png(path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 20_000
+    img = imread(path)
+    h, w = img.shape[:2]
+    assert h >= 400 and w >= 600, (path, img.shape)
+    flat = img[..., :3].reshape(-1, 3)
+    assert float(flat.std()) > 0.05
+    assert len(np.unique((flat * 255).astype(np.uint8), axis=0)) > 50  # lines, text and colours, not a blank
+
+
+def test_rebuild_is_stable_and_removes_stale_plots(tmp_path):
+    s = tmp_path / "sweep"
+    write(s, "0_softmax_1:0_64", fake_results("softmax", "1:0", "LLLL", bpb=2.0))  # stages without bench
+    (s / "tradeoff.png").write_bytes(b"old")  # from an earlier build: nothing to draw it from now
+    out = build_report(str(s))
+    assert out["n_common"] is None and not out["crossovers"]
+    assert [os.path.basename(p) for p in out["plots"]] == ["quality_vs_ratio.png"]
+    assert not (s / "tradeoff.png").exists()
+    assert "No pair to compare" in (s / "report.md").read_text()
+    first = (s / "summary.csv").read_text()
+    build_report(str(s))
+    assert (s / "summary.csv").read_text() == first
+
+
+def test_scaling_exponent():
+    ns = [1, 2, 4, 8, 16, 32]
+    assert scaling_exponent(ns, [3.0 * n**2 for n in ns]) == pytest.approx(2)
+    # only the upper half counts: a constant overhead at small n does not bend the slope
+    assert scaling_exponent(ns, [1, 1, 1, 8**2, 16**2, 32**2]) == pytest.approx(2)
+    assert scaling_exponent(ns[:5], [1, 1, 4**1.5, 8**1.5, 16**1.5]) == pytest.approx(1.5)
+    assert scaling_exponent([4, 8], [1.0, 2.0]) == pytest.approx(1)
+    assert scaling_exponent([4, 8, 16], [None, 0.0, 2.0]) is None
+    assert scaling_exponent([4, 8, 16], [2.0, float("nan"), 8.0]) == pytest.approx(1)
+    assert scaling_exponent([], []) is None and scaling_exponent([8], [1.0]) is None
+
+
+def test_crossover_cases():
+    rows = lambda f: [{"n": n, "t": f(n), "status": "ok"} for n in LADDER]  # noqa: E731
+    assert crossover(rows(lambda n: 1e-4 * n), rows(lambda n: 1e-6 * n * n), "t") == pytest.approx(100)
+    assert crossover(rows(lambda n: 1.0), rows(lambda n: 2.0), "t") == 32  # cheaper from the first n
+    assert crossover(rows(lambda n: 2.0), rows(lambda n: 1.0), "t") is None  # never within the ladder
+    assert crossover(rows(lambda n: 1.0), rows(lambda n: 1.0), "t") is None  # equal is not cheaper
+    # cheaper, then dearer, then cheaper again: the crossing that lasts (between 256 and 512) is the answer
+    wiggle = {32: 0.5, 64: 2.0, 128: 2.0, 256: 2.0, 512: 0.5}
+    assert crossover(rows(lambda n: wiggle[n]), rows(lambda n: 1.0), "t") == pytest.approx(256 * 2**0.5)
+    a = rows(lambda n: 1.0)
+    a[-1]["status"] = "timeout"
+    assert crossover(a, rows(lambda n: 2.0), "t") == 32
+    assert crossover([], rows(lambda n: 2.0), "t") is None
+
+
+def test_pareto_front_and_error_head():
+    assert pareto_front([1, 2, 3, 4, 2], [5, 3, 4, 1, 3]) == [0, 1, 3]
+    assert error_head("ValueError: bad\nTraceback (most recent call last):\n  x") == "ValueError: bad"
+    assert error_head("invalid configuration:\n  - a=1 is wrong\n  - b=2 too") == \
+        "invalid configuration: a=1 is wrong; b=2 too"
+    assert error_head(None) == "" and len(error_head("x" * 1000)) == 240
+
+
+def run_report_cli(path):
+    return subprocess.run([sys.executable, "-m", "runner.report", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_errors_on_a_folder_without_results(tmp_path):
+    (tmp_path / "empty" / "job0").mkdir(parents=True)
+    p = run_report_cli(tmp_path / "empty")
+    assert p.returncode == 2 and "no results.json" in p.stderr, p.stdout + p.stderr
+    assert not (tmp_path / "empty" / "report.md").exists()
+    p = run_report_cli(tmp_path / "missing")
+    assert p.returncode == 2 and "not a folder" in p.stderr
+
+
+def test_callback_builds_report_and_never_raises(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    s = tmp_path / "sweep"
+    write(s, "0_softmax_1:0_64", fake_results("softmax", "1:0", "LLLL", bpb=2.0, bench=bench_rows(LADDER[:2], **SOFTMAX)))
+    ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(s)}}}))
+    assert "0_softmax_1:0_64" in (s / "report.md").read_text()
+    with caplog.at_level(logging.WARNING, logger="runner.report"):
+        ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "none")}}}))
+        ReportCallback().on_multirun_end(OmegaConf.create({}))  # no hydra section at all
+    assert sum("sweep report failed" in r.message for r in caplog.records) == 2
+
+
+def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
+    """The config line the project uses (hydra.callbacks.report._target_) in a real Hydra multirun whose sweep
+    dir has a ${now:} interpolation: the report lands in the same folder as the jobs."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(textwrap.dedent(f"""\
+        attention: softmax
+        hydra:
+          sweep:
+            dir: {tmp_path}/multirun/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}
+            subdir: ${{hydra.job.num}}_${{attention}}
+          callbacks:
+            report:
+              _target_: runner.report.ReportCallback
+        """))
+    (tmp_path / "app.py").write_text(textwrap.dedent("""\
+        import json, os
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+
+        @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+        def main(cfg):
+            out = HydraConfig.get().runtime.output_dir
+            with open(os.path.join(out, "results.json"), "w") as f:
+                json.dump({"status": "completed", "layer_types": ["L", "L"], "config": {
+                    "attention": {"name": cfg.attention}, "full": {"name": "softmax"}, "ratio": "1:0",
+                    "model": {"name": "tiny"}, "seq_len": 32}, "eval": {"bpb": 2.0, "ppl": 4.0},
+                    "bench": [{"n": n, "train_step_s": 1e-3 * n, "decode_s_per_token": 1e-4,
+                               "state_bytes": 100, "status": "ok"} for n in (8, 16)]}, f)
+
+        main()
+        """))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "app.py", "-m", "attention=softmax,linear"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (day,) = os.listdir(tmp_path / "multirun")
+    (sweep_dir,) = os.listdir(tmp_path / "multirun" / day)
+    d = tmp_path / "multirun" / day / sweep_dir
+    rows = read_csv(d / "summary.csv")
+    assert list(rows) == ["0_softmax", "1_linear"]
+    assert (d / "time_vs_n.png").exists() and "sweep report:" in p.stdout + p.stderr
+
+
+def test_run_plots_for_one_run(tmp_path):
+    r = fake_results("gated_deltanet", "3:1", "LLLF", bpb=2.1, bench=bench_rows(LADDER, stop_at=256, **GDN))
+    paths = run_plots(r, str(tmp_path / "run"))
+    assert sorted(os.path.basename(p) for p in paths) == ["memory_vs_n.png", "time_vs_n.png"]
+    for p in paths:
+        check_png(p)
+    assert run_plots(fake_results("softmax", "1:0", "LLLL"), str(tmp_path / "empty")) == []
