@@ -4,7 +4,9 @@ For each n of ``bench.lengths`` (a geometric ladder): one training step (forward
 its time and peak memory; inference prefill of n tokens, its tokens/s and peak memory; per-token decode time
 after a prefix of n (through the mixers' state); and the cache/state bytes after n tokens, both analytic
 (``state_bytes``) and measured (the tensors actually held). A length that runs out of memory, over the time
-budget or into an error is recorded with its reason and ends the ladder; the run goes on.
+budget (``bench.time_budget_s`` for one measurement, ``bench.memory_budget_gb`` for the training step's peak,
+predicted from the two previous lengths before it is tried) or into an error is recorded with its status
+(``over_budget``, ``oom``, ``error``) and reason, and ends the ladder; the run goes on.
 """
 from __future__ import annotations
 
@@ -95,13 +97,42 @@ def bench_length(model, n: int, cfg, device) -> dict:
     return row
 
 
+SCALED = ("train_step_s", "train_peak_bytes", "prefill_s", "prefill_peak_bytes", "decode_s_per_token",
+          "state_bytes", "state_bytes_measured")
+
+
+def scaling(rows: list[dict]) -> dict:
+    """Exponent of each cost in n: slope on log-log over the upper half of the ladder (runner/report.py)."""
+    from .report import scaling_exponent
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    return {k: scaling_exponent([r["n"] for r in ok], [r.get(k) for r in ok]) for k in SCALED}
+
+
+def _predicted_peak(rows: list[dict], n: int):
+    """The next length's training-step peak, extrapolated on log-log from the last two measured lengths."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("train_peak_bytes")]
+    if len(ok) < 2:
+        return None
+    (n0, m0), (n1, m1) = [(r["n"], r["train_peak_bytes"]) for r in ok[-2:]]
+    import math
+
+    slope = math.log(m1 / m0) / math.log(n1 / n0) if m0 > 0 and m1 > 0 else 1.0
+    return m1 * (n / n1) ** max(slope, 0.0)
+
+
 def run_bench(model, cfg, device, console=None) -> list[dict]:
     rows = []
+    budget = cfg.bench.memory_budget_gb * 1e9
     for n in cfg.bench.lengths:
+        predicted = _predicted_peak(rows, int(n)) if budget > 0 else None
         try:
+            if predicted is not None and predicted > budget:
+                raise OverBudget(f"predicted training-step peak {predicted / 1e9:.2f} GB > "
+                                 f"bench.memory_budget_gb={cfg.bench.memory_budget_gb}")
             row = bench_length(model, int(n), cfg, device)
         except OverBudget as e:
-            row = {"n": int(n), "status": "timeout", "reason": str(e)}
+            row = {"n": int(n), "status": "over_budget", "reason": str(e)}
         except Exception as e:  # OOM and any other failure end the ladder, not the run
             status = "oom" if _is_oom(e) else "error"
             row = {"n": int(n), "status": status, "reason": f"{type(e).__name__}: {e}",
@@ -117,6 +148,9 @@ def run_bench(model, cfg, device, console=None) -> list[dict]:
                               f"decode {row['decode_s_per_token'] * 1e3:6.2f} ms/tok")
             else:
                 console.print(f"  bench n={n:>6}: [yellow]{row['status']}[/]: {row['reason']}; ladder stops here")
+        if row["status"] == "ok" and budget > 0 and (row.get("train_peak_bytes") or 0) > budget:
+            row["status"], row["reason"] = "over_budget", (f"training-step peak {row['train_peak_bytes'] / 1e9:.2f} GB "
+                                                          f"> bench.memory_budget_gb={cfg.bench.memory_budget_gb}")
         if row["status"] != "ok":
             break
     model.train()

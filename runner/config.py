@@ -75,6 +75,7 @@ class BenchConfig:
     repeats: int = 3  # timed repetitions per measurement (median reported), after one warm-up
     time_budget_s: float = 30.0  # a length whose single measurement exceeds this ends the ladder ("timeout")
     memory: str = "tensors"  # peak-memory method (runner/peakmem.py): tensors | rss | none
+    memory_budget_gb: float = 0.0  # a length whose training-step peak is (predicted) above this ends the ladder; 0 = none
 
 
 @dataclass
@@ -190,6 +191,7 @@ def validate(cfg: DictConfig | Config) -> dict:
     need(b.decode_tokens >= 1, f"bench.decode_tokens={b.decode_tokens} must be >= 1")
     need(b.repeats >= 1, f"bench.repeats={b.repeats} must be >= 1")
     need(b.time_budget_s > 0, f"bench.time_budget_s={b.time_budget_s} must be > 0")
+    need(b.memory_budget_gb >= 0, f"bench.memory_budget_gb={b.memory_budget_gb} must be >= 0 (0 = no budget)")
     need(b.memory in METHODS, f"bench.memory={b.memory!r} is not a measurement method; allowed: {list(METHODS)}")
 
     d = c.data

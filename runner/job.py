@@ -59,7 +59,7 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
     hydra_dir, hydra_multi = _run_dir()
     run_dir = run_dir or hydra_dir
     multirun = hydra_multi if multirun is None else multirun
-    console = console or Console(stderr=False)
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
 
     try:
         facts = validate(cfg)
@@ -115,7 +115,7 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
 
 
 def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> None:
-    from .bench import run_bench
+    from .bench import run_bench, scaling
     from .data import load_corpus
     from .evaluate import evaluate
     from .model import HybridLM
@@ -163,4 +163,5 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
                       f"(unigram {ev['unigram_bpb']:.4f})")
     if "bench" in cfg.stages:
         console.print("bench:")
-        tracker.update(bench=run_bench(model, cfg, device, console))
+        rows = run_bench(model, cfg, device, console)
+        tracker.update(bench=rows, bench_scaling=scaling(rows))

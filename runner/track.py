@@ -197,5 +197,12 @@ def summary_tables(results: dict) -> list[Table]:
                       f("prefill_tokens_per_s", lambda v: f"{v:,.0f}"), f("prefill_peak_bytes", fmt_bytes),
                       f("decode_s_per_token", lambda v: f"{v * 1e3:.2f}"), f("state_bytes", fmt_bytes),
                       f("state_bytes_measured", fmt_bytes), r.get("status", "?"))
+        sc = results.get("bench_scaling") or {}
+        if any(v is not None for v in sc.values()):
+            def e(k):
+                return f"n^{sc[k]:.2f}" if sc.get(k) is not None else "-"
+            t.caption = (f"scaling over the upper half of the ladder: train step time {e('train_step_s')}, "
+                         f"train peak {e('train_peak_bytes')}, prefill time {e('prefill_s')}, "
+                         f"decode time {e('decode_s_per_token')}, state {e('state_bytes')}")
         tables.append(t)
     return tables
