@@ -10,6 +10,10 @@ arithmetic than that, so the figure is "useful work per second". For SDPA the ca
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP threads sleep, not spin (shared CPUs)
+
 import argparse
 import math
 
