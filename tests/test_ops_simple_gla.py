@@ -1,7 +1,6 @@
 """Scalar-decay linear attention ops: simple GLA (runner.ops.simple_gla) and the thin ops on top of it
 (linear attention, lightning attention, Mamba2's SSD). Chunked == recurrent (outputs, final state, gradients of
 every input), against independent formulas, and against transformers' MiniMax and Mamba2 code."""
-import math
 
 import pytest
 import torch
@@ -80,6 +79,13 @@ def test_simple_gla_segment_tiling(monkeypatch, segment_elements):
     for name, (wrap, inputs) in cases.items():
         chunk = wrap(lambda *a, **kw: chunk_simple_gla(*a, chunk_size=16, **kw))
         _compare(_grads_of(chunk, inputs), _grads_of(wrap(recurrent_simple_gla), inputs), 1e-12)
+    qf, kf, vf, S0, z0 = _featurised(2, 100, 2, 8, 6, seed=9)               # the normaliser column too
+
+    def lin(f, **kw):
+        return lambda q, k, v, S0, z0: f(q, k, v, None, (S0, z0), True, **kw)
+
+    _compare(_grads_of(lin(chunk_linear_attn, chunk_size=16), [qf, kf, vf, S0, z0]),
+             _grads_of(lin(recurrent_linear_attn), [qf, kf, vf, S0, z0]), 1e-12)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 200])
@@ -259,8 +265,9 @@ def _ssd_inputs(b=2, T=70, H=4, P=8, G=2, N=6, seed=0):
     return x, dt_raw, dt_bias, A, Bm, Cm, D, s0
 
 
-def test_ssd_chunk_equals_recurrent():
-    x, dt_raw, dt_bias, A, Bm, Cm, D, s0 = _ssd_inputs(T=65)
+@pytest.mark.parametrize("G", [1, 2])
+def test_ssd_chunk_equals_recurrent(G):
+    x, dt_raw, dt_bias, A, Bm, Cm, D, s0 = _ssd_inputs(T=65, G=G)
     dt = F.softplus(dt_raw + dt_bias)
 
     def run(f):

@@ -5,8 +5,9 @@ Per head h, with a constant decay rate s_h >= 0 and state S of shape (K, V):
     S_t = exp(-s_h) S_{t-1} + k_t v_t^T,        o_t = S_t^T (scale * q_t)
 
 No normaliser (MiniMax normalises the output with an RMSNorm instead). This is
-:mod:`runner.ops.simple_gla` with the constant decay g_gamma = -s (Gamma built once for all chunks); the chunked form is MiniMax's block-wise
-"lightning" computation (intra-block masked Q K^T with decay, inter-block through the state).
+:mod:`runner.ops.simple_gla` with the constant decay g_gamma = -s (Gamma built once for all chunks); the
+chunked form is MiniMax's block-wise "lightning" computation (intra-block masked Q K^T with decay,
+inter-block through the state).
 
 ``scale=None`` means K**-0.5 as for every op here; MiniMax applies no scale (its mixer passes ``scale=1``).
 
@@ -28,7 +29,8 @@ import torch
 from .simple_gla import chunk_simple_gla, recurrent_simple_gla
 
 
-def lightning_decay_rates(num_heads: int, layer_idx: int, n_layers: int, dtype=torch.float64, device=None) -> torch.Tensor:
+def lightning_decay_rates(num_heads: int, layer_idx: int, n_layers: int, dtype=torch.float64,
+                          device=None) -> torch.Tensor:
     """MiniMax's per-head decay rates s (H,) for layer ``layer_idx`` of ``n_layers`` (module docstring)."""
     if num_heads < 1:
         raise ValueError(f"num_heads must be >= 1, got {num_heads}")

@@ -4,11 +4,10 @@ Per head, with q, k already passed through the feature map (phi = elu + 1 is app
 
     S_t = S_{t-1} + k_t v_t^T,    z_t = z_{t-1} + k_t,    o_t = (scale q_t)^T S_t / ((scale q_t)^T z_t + eps)
 
-Both forms are thin wrappers of :mod:`runner.ops.simple_gla` with no decay (g = None). The recurrent form
-carries the normaliser in the same kernel (v is extended by a column of ones, so the last column of the
-(K, V + 1) state is z and the last output column is the denominator); the chunked form computes the numerator
-with the chunked kernel and the denominator from the prefix sum z_t = z_0 + sum_{s <= t} k_s, which is cheaper
-than a (V + 1)-wide kernel.
+Both forms are thin wrappers of :mod:`runner.ops.simple_gla` with no decay (g = None), and both carry the
+normaliser in the same kernel: v is extended by a column of ones, so the last column of the (K, V + 1) state
+is z and the last output column is the denominator (the chunked kernel adds the column, divides and
+differentiates the division itself, segment by segment, so no full-size temporaries are made).
 
 ``normalize=False`` drops the denominator (o_t = (scale q_t)^T S_t; then the state is S alone).
 
@@ -25,7 +24,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .simple_gla import chunk_simple_gla, recurrent_simple_gla
+from .simple_gla import _chunked, chunk_simple_gla, recurrent_simple_gla
 
 LinearState = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -83,22 +82,14 @@ def chunk_linear_attn(
     eps: float = 1e-6,
     chunk_size: int = 64,
 ):
-    """Chunked parallel form; same arguments and results as :func:`recurrent_linear_attn`. The numerator is the
-    chunked kernel of simple GLA without decay; the normaliser's z_t = z_0 + cumsum(k)_t is a prefix sum."""
-    S, z0 = _check_state(initial_state, normalize)
+    """Chunked parallel form; same arguments and results as :func:`recurrent_linear_attn`. The normaliser rides
+    in the chunked kernel as an extra value column of ones, added and divided out inside it."""
+    S, z = _check_state(initial_state, normalize)
     if not normalize:
         return chunk_simple_gla(q, k, v, None, scale, S, output_final_state, chunk_size)
-    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    num, S = chunk_simple_gla(q, k, v.to(cdt), None, scale, S, output_final_state, chunk_size)  # num in cdt
-    B, T, H, K = q.shape
-    z = k.to(cdt).cumsum(1)                                              # (B, T, H, K) running sum of k
-    if z0 is not None:
-        z = z + z0.to(cdt).unsqueeze(1)
-    scale = K ** -0.5 if scale is None else scale
-    den = (q.to(cdt) * z).sum(-1, keepdim=True) * scale                  # (B, T, H, 1) scale q^T z
-    o = (num / (den + eps)).to(v.dtype)
-    final = None
-    if output_final_state:
-        zT = z[:, -1] if T else (q.new_zeros(B, H, K, dtype=cdt) if z0 is None else z0.to(cdt))
-        final = (S, zT.contiguous())
+    s0 = None if S is None else torch.cat([S, z.unsqueeze(-1).to(S.dtype)], -1)  # (B, H, K, V + 1)
+    o, final = _chunked(q, k, v, None, None, s0, scale, output_final_state, chunk_size, norm_eps=eps)
+    V = v.shape[-1]
+    if final is not None:
+        final = (final[..., :V].contiguous(), final[..., V].contiguous())  # (S, z)
     return o, final

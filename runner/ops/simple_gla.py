@@ -181,9 +181,11 @@ class _Layout:
 class _ChunkSimpleGLA(torch.autograd.Function):
     """The chunked form with a hand-written backward.
 
-    Inputs q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) or None, s0 (B, H, K, V) or None, all in the compute
-    dtype; ``const``: g is the same at every step of a head (g_gamma), so Gamma is built once. Returns
-    o (B, T, H, V) and the final state (B, H, K, V).
+    Inputs q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) or None, s0 (B, H, K, V') or None, all in the compute
+    dtype (any strides: segments are copied into the chunk-major layout as they are used); ``const``: g is the
+    same at every step of a head (g_gamma), so Gamma is built once; ``C`` the chunk length; ``norm_eps`` None or
+    the normaliser's epsilon (below). Returns o (B, T, H, V) and the final state (B, H, K, V'), V' = V (V + 1
+    with the normaliser).
 
     Forward, per chunk n with start state S_n, d = cumsum(g) within the chunk:
         P = scale (Q K^T) * Gamma,   o = P V + scale (Q * exp(d)) S_n,   S_{n+1} = a_n S_n + (K * ek)^T V
@@ -203,38 +205,50 @@ class _ChunkSimpleGLA(torch.autograd.Function):
 
     Both passes walk the chunks in segments (:func:`_segment_chunks`): everything inside a segment is batched
     over its chunks, the state is carried from one segment to the next (backwards in the backward pass).
-    Saved for the backward pass: the inputs, P' and its diagonal, the chunk start states and (for dg) o'.
+    Saved for the backward pass: the inputs, P' and its diagonal, the chunk start states, (for dg) o', and with
+    the normaliser the output and its denominators.
+
+    With ``norm_eps`` (linear attention's normaliser) v is extended by a column of ones inside each segment, so
+    the state is (K, V + 1) = [S | z] and the output's last column is the denominator den = scale q^T z; the
+    output is num / (den + norm_eps), and the backward pass first turns dO into the gradient of [num | den]:
+    dnum = dO / (den + eps), dden = -<dO, o> / (den + eps).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, g, s0, scale, const, C):
+    def forward(ctx, q, k, v, g, s0, scale, const, C, norm_eps):
         B, T, H, K = q.shape
         V = v.shape[-1]
+        normalize = norm_eps is not None
+        Vp = V + 1 if normalize else V                                   # with the normaliser: v' = [v | 1]
         BH, N = B * H, -(-T // C)
         lay = _Layout(B, T, H, C)
-        M = _segment_chunks(N, BH, C, max(K, V), q.device)
+        M = _segment_chunks(N, BH, C, max(K, Vp), q.device)
         want_dg = g is not None and ctx.needs_input_grad[3]
         idx = torch.arange(C, device=q.device)
         mask = (idx[:, None] >= idx[None, :]).to(q.dtype)                # (C, C) causal, used without decay
         g_first = g_last = None
         if const:
-            g_first, g_last = lay.load(g.unsqueeze(-1), 0, 1).squeeze(-1), lay.load(g.unsqueeze(-1), N - 1, N).squeeze(-1)
+            g_first = lay.load(g.unsqueeze(-1), 0, 1).squeeze(-1)           # (1, BH, C)
+            g_last = lay.load(g.unsqueeze(-1), N - 1, N).squeeze(-1)
         gam_first = None if g_first is None else _gamma(g_first)         # (1, BH, C, C)
         gam_last = None if g_last is None else _gamma(g_last)
 
         P = q.new_empty(N, BH, C, C)                                     # P' (diagonal zeroed), saved
         pd = q.new_empty(N, BH, C, 1)                                    # its diagonal
-        states = q.new_empty(N + 1, BH, K, V)                            # chunk start states (and the final one)
-        o_off = q.new_empty(N, BH, C, V) if want_dg else None            # o' (saved for dg)
+        states = q.new_empty(N + 1, BH, K, Vp)                           # chunk start states (and the final one)
+        o_off = q.new_empty(N, BH, C, Vp) if want_dg else None           # o' (saved for dg)
         o = q.new_empty(B, T, H, V)
+        den = q.new_empty(N, BH, C, 1) if normalize else None            # the normaliser's denominators
         if s0 is None:
             states[0].zero_()
         else:
-            states[0].copy_(s0.reshape(BH, K, V))
+            states[0].copy_(s0.reshape(BH, K, Vp))
         for n0 in range(0, N, M):
             n1 = min(N, n0 + M)
             m, nb = n1 - n0, (n1 - n0) * BH
             qs, ks, vs = lay.load(q, n0, n1), lay.load(k, n0, n1), lay.load(v, n0, n1)  # (m, BH, C, .)
+            if normalize:
+                vs = F.pad(vs, (0, 1), value=1.0)                        # (m, BH, C, V + 1)
             Ps = P[n0:n1]
             torch.baddbmm(qs.new_zeros(()), qs.view(nb, C, K), ks.view(nb, C, K).transpose(-1, -2),
                           beta=0.0, alpha=scale, out=Ps.view(nb, C, C))
@@ -260,19 +274,26 @@ class _ChunkSimpleGLA(torch.autograd.Function):
                 else:
                     torch.addcmul(inp[i], a[i], states[n0 + i], out=states[n0 + i + 1])
             os_ = torch.matmul(Ps, vs) if o_off is None else torch.matmul(Ps, vs, out=o_off[n0:n1])
-            os_.view(nb, C, V).baddbmm_(q_in.view(nb, C, K), states[n0:n1].view(nb, K, V))
-            lay.store(o, torch.addcmul(os_, pd[n0:n1], vs), n0, n1)      # + the diagonal term P_ii v_i
-        ctx.save_for_backward(q, k, v, g, P, pd, states, o_off, gam_first, gam_last)
+            os_.view(nb, C, Vp).baddbmm_(q_in.view(nb, C, K), states[n0:n1].view(nb, K, Vp))
+            os_ = torch.addcmul(os_, pd[n0:n1], vs)                      # + the diagonal term P_ii v_i
+            if normalize:
+                den[n0:n1].copy_(os_[..., V:])
+                os_ = os_[..., :V] / (os_[..., V:] + norm_eps)
+            lay.store(o, os_, n0, n1)
+        ctx.save_for_backward(q, k, v, g, P, pd, states, o_off, gam_first, gam_last, o if normalize else None, den)
         ctx.scale, ctx.const, ctx.C, ctx.M, ctx.s0_shape = scale, const, C, M, None if s0 is None else s0.shape
-        return o, states[N].view(B, H, K, V).clone()
+        ctx.norm_eps = norm_eps
+        return o, states[N].view(B, H, K, Vp).clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, v, g, P, pd, states, o_off, gam_first, gam_last = ctx.saved_tensors
-        scale, const, C, M = ctx.scale, ctx.const, ctx.C, ctx.M
+        q, k, v, g, P, pd, states, o_off, gam_first, gam_last, o, den = ctx.saved_tensors
+        scale, const, C, M, norm_eps = ctx.scale, ctx.const, ctx.C, ctx.M, ctx.norm_eps
         B, T, H, K = q.shape
         V = v.shape[-1]
+        normalize = norm_eps is not None
+        Vp = V + 1 if normalize else V
         BH, N = B * H, -(-T // C)
         lay = _Layout(B, T, H, C)
         want_dg = g is not None and ctx.needs_input_grad[3]
@@ -280,11 +301,16 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         mask = (idx[:, None] >= idx[None, :]).to(q.dtype)
         dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
         dg = q.new_empty(B, T, H) if want_dg else None
-        carry = dfinal.reshape(BH, K, V) if dfinal is not None else q.new_zeros(BH, K, V)  # gradient at S_{n1}
+        carry = dfinal.reshape(BH, K, Vp) if dfinal is not None else q.new_zeros(BH, K, Vp)  # gradient at S_{n1}
         for n0 in reversed(range(0, N, M)):
             n1 = min(N, n0 + M)
             m, nb = n1 - n0, (n1 - n0) * BH
             qs, ks, vs, dos = (lay.load(t, n0, n1) for t in (q, k, v, do))
+            if normalize:  # o = num / (den + eps): back to the gradient of v' = [v | 1]'s output [num | den]
+                r = 1.0 / (den[n0:n1] + norm_eps)                        # (m, BH, C, 1)
+                dden = _rowdot(dos, lay.load(o, n0, n1)).unsqueeze(-1) * r
+                dos = torch.cat([dos * r, dden.neg_()], -1)              # (m, BH, C, V + 1)
+                vs = F.pad(vs, (0, 1), value=1.0)
             Ps, pds, S0s = P[n0:n1], pd[n0:n1], states[n0:n1]
             if g is None:
                 q_in, k_in, a = qs * scale, ks, None
@@ -304,8 +330,8 @@ class _ChunkSimpleGLA(torch.autograd.Function):
             dvs = torch.matmul(Ps.transpose(-1, -2), dos)                # P'^T dO
             if want_dg:
                 x = _rowdot(dos, o_off[n0:n1]) - _rowdot(vs, dvs)        # (m, BH, C)
-            dvs.addcmul_(pds, dos).view(nb, C, V).baddbmm_(k_in.view(nb, C, K), dinp.view(nb, K, V))
-            lay.store(dv, dvs, n0, n1)
+            dvs.addcmul_(pds, dos).view(nb, C, Vp).baddbmm_(k_in.view(nb, C, K), dinp.view(nb, K, Vp))
+            lay.store(dv, dvs[..., :V] if normalize else dvs, n0, n1)
             dsc = torch.matmul(dos, vs.transpose(-1, -2))                # (m, BH, C, C): d(Q K^T) / scale
             if g is None:
                 dsc.mul_(mask)
@@ -331,7 +357,34 @@ class _ChunkSimpleGLA(torch.autograd.Function):
             dks.view(nb, C, K).baddbmm_(dsc.view(nb, C, C).transpose(-1, -2), qs.view(nb, C, K), alpha=scale)
             lay.store(dk, dks, n0, n1)
         ds0 = carry.view(ctx.s0_shape) if ctx.s0_shape is not None and ctx.needs_input_grad[4] else None
-        return dq, dk, dv, dg, ds0, None, None, None
+        return dq, dk, dv, dg, ds0, None, None, None, None
+
+
+def _chunked(q, k, v, g, g_gamma, initial_state, scale, output_final_state, chunk_size, norm_eps=None):
+    """chunk_simple_gla, and with ``norm_eps`` set the normalised variant used by linear attention: the output
+    is divided by (scale q_t^T z_t + norm_eps), z_t = a_t z_{t-1} + k_t, carried as an extra state column
+    (initial and final states (B, H, K, V + 1) = [S | z])."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out_dtype = v.dtype
+    Vp = v.shape[-1] + (1 if norm_eps is not None else 0)
+    s0 = initial_state
+    if s0 is not None and norm_eps is not None:  # checked here against the (K, V + 1) shape
+        if s0.shape != (*q.shape[:1], q.shape[2], q.shape[3], Vp):
+            raise ValueError(f"initial_state must be (B, H, K, V + 1) = {(q.shape[0], q.shape[2], q.shape[3], Vp)}; "
+                             f"got {tuple(s0.shape)}")
+        s0 = None
+    q, k, v, g, g_gamma, S, scale = _prepare(q, k, v, g, g_gamma, scale, s0)
+    if S is None and initial_state is not None:
+        S = initial_state.to(q.dtype)
+    B, T, H, K = q.shape
+    if T == 0:
+        S = q.new_zeros(B, H, K, Vp) if S is None else S
+        return v.new_zeros(B, 0, H, v.shape[-1]).to(out_dtype), (S if output_final_state else None)
+    if g_gamma is not None:
+        g = g_gamma.expand(B, T, H)
+    o, final = _ChunkSimpleGLA.apply(q, k, v, g, S, scale, g_gamma is not None, min(chunk_size, T), norm_eps)
+    return o.to(out_dtype), (final if output_final_state else None)
 
 
 def chunk_simple_gla(
@@ -347,16 +400,4 @@ def chunk_simple_gla(
 ):
     """Chunked parallel form (module docstring); same arguments and results as :func:`recurrent_simple_gla`.
     Differentiable once in every input (a hand-written backward)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    out_dtype = v.dtype
-    q, k, v, g, g_gamma, S, scale = _prepare(q, k, v, g, g_gamma, scale, initial_state)
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    if T == 0:
-        S = q.new_zeros(B, H, K, V) if S is None else S
-        return v.new_zeros(B, 0, H, V).to(out_dtype), (S if output_final_state else None)
-    if g_gamma is not None:
-        g = g_gamma.expand(B, T, H)
-    o, final = _ChunkSimpleGLA.apply(q, k, v, g, S, scale, g_gamma is not None, min(chunk_size, T))
-    return o.to(out_dtype), (final if output_final_state else None)
+    return _chunked(q, k, v, g, g_gamma, initial_state, scale, output_final_state, chunk_size)
