@@ -92,17 +92,25 @@ class Tracker:
         self._metrics = open(self.metrics_path, "a")
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
+        """Record the outcome everywhere. The W&B run is always closed (its summary holds ``status``), also when
+        writing results.json or the summary fails; the first such error is raised after it is closed."""
         self.results["status"] = status
         if error:
             self.results["error"] = error
-        self.save()
-        self._metrics.close()
-        if self.wandb is not None:
+        try:
+            self.save()
+        finally:
             try:
-                _summarise_wandb(self.wandb, self.results)
+                self._metrics.close()
             finally:
-                self.wandb.finish(exit_code=0 if status == "completed" else 1)
-                self.wandb = None
+                run, self.wandb = self.wandb, None
+                if run is not None:
+                    try:
+                        _summarise_wandb(run, self.results)
+                    except Exception as e:  # a half-written summary must not hide the run's own outcome
+                        self.console.print(f"[yellow]W&B summary incomplete:[/] {type(e).__name__}: {e}")
+                    finally:
+                        run.finish(exit_code=0 if status == "completed" else 1)
 
 
 class NullTracker(Tracker):
@@ -131,29 +139,69 @@ class NullTracker(Tracker):
 
 
 def _start_wandb(run_dir: str, config: dict, lg):
+    """One W&B run per job, named after the job folder; in a sweep its group is logger.group, or by default the
+    sweep folder (so a sweep's jobs sit together)."""
+    import re
+
     import wandb
 
     tags = list(lg.tags) + [f"attention={config['attention']['name']}", f"ratio={config['ratio']}",
                             f"model={config['model']['name']}", f"seq_len={config['seq_len']}"]
-    return wandb.init(project=lg.project, entity=lg.entity, group=lg.group, mode=lg.mode, dir=run_dir,
+    group = lg.group
+    if group is None:  # the sweep folder's name, with its date folder in front as in Hydra's multirun/<date>/<time>
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            hc = HydraConfig.get()
+            if hc.mode == RunMode.MULTIRUN:
+                folder = os.path.normpath(os.path.abspath(str(hc.sweep.dir)))
+                group, parent = os.path.basename(folder), os.path.basename(os.path.dirname(folder))
+                if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent):
+                    group = f"{parent}_{group}"
+        except (ValueError, ImportError, AttributeError):  # not under Hydra (tests, scripts)
+            group = None
+    return wandb.init(project=lg.project, entity=lg.entity, group=group, mode=lg.mode, dir=run_dir,
+                      name=os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
                       config=config, tags=tags, reinit="finish_previous",
                       settings=wandb.Settings(silent=True, console="off"))
 
 
 def _summarise_wandb(run, results: dict) -> None:
+    """Final numbers into the run summary (status first, so it is there whatever follows), and the bench rows
+    as a table ``bench`` with two line plots drawn from its columns: ``bench/time_vs_n`` (seconds) and
+    ``bench/memory_vs_n`` (bytes), one line per cost, over the lengths measured (status ok)."""
+    for k in ("status", "n_params", "layer_types"):
+        if k in results:
+            run.summary[k] = results[k]
+    if results.get("error"):
+        run.summary["error"] = str(results["error"]).strip().splitlines()[0][:500]
     for section in ("train", "eval"):
         for k, v in (results.get(section) or {}).items():
             if isinstance(v, (int, float)):
                 run.summary[f"{section}/{k}"] = v
-    for k in ("n_params", "status", "layer_types"):
-        if k in results:
-            run.summary[k] = results[k]
-    rows = results.get("bench") or []
-    if rows:
-        import wandb
+    rows = [r for r in results.get("bench") or [] if isinstance(r, dict)]
+    if not rows:
+        return
+    import wandb
 
-        cols = sorted({c for r in rows for c in r})
-        run.log({"bench": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+    cols = ["n", "status"] + sorted({c for r in rows for c in r} - {"n", "status"})
+    table = wandb.Table(columns=cols, data=[[_clean(r.get(c)) for c in cols] for r in rows])
+    logged = {"bench": table}
+    column = {c: table.get_column(c) for c in cols}
+    ok = [i for i, s in enumerate(column["status"]) if s == "ok"]
+    for name, keys, unit in (("time_vs_n", ("train_step_s", "prefill_s", "decode_s_per_token"), "s"),
+                             ("memory_vs_n", ("train_peak_bytes", "prefill_peak_bytes", "state_bytes"), "bytes")):
+        series = []
+        for k in keys:
+            pts = [(column["n"][i], column[k][i]) for i in ok if k in column and column[k][i] is not None]
+            if pts:
+                series.append((k, [x for x, _ in pts], [y for _, y in pts]))
+        if series:
+            logged[f"bench/{name}"] = wandb.plot.line_series(
+                xs=[s[1] for s in series], ys=[s[2] for s in series], keys=[s[0] for s in series],
+                title=f"{name.split('_')[0]} ({unit}) vs context length n", xname="n")
+    run.log(logged)
 
 
 def fmt_bytes(n: Optional[float]) -> str:

@@ -1,0 +1,193 @@
+"""Every named study in experiments/ composes, declares its own sweep, and every job of that sweep (also with the
+GPU overrides its comment documents) is a valid configuration. Nothing is run here: composing and validating
+only, with Hydra's compose API and the same sweep expansion as Hydra's basic sweeper."""
+import os
+import re
+import shlex
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from omegaconf import OmegaConf
+
+from runner.config import ConfigError, register, validate
+from runner.layout import layer_types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONF = os.path.join(ROOT, "conf")
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+NAMES = sorted(f[:-5] for f in os.listdir(EXPERIMENTS) if f.endswith(".yaml"))
+REQUIRED = ("lineup", "ratio", "context", "scaling")
+
+
+def _text(name: str) -> str:
+    with open(os.path.join(EXPERIMENTS, f"{name}.yaml")) as f:
+        return f.read()
+
+
+register()
+_COMPOSED: dict = {}
+
+
+def _compose(overrides, hydra_config=False):
+    """The composed config of `python -m runner <overrides>` (cached: many jobs share their overrides)."""
+    key = (tuple(overrides), hydra_config)
+    if key not in _COMPOSED:
+        if not GlobalHydra.instance().is_initialized():
+            initialize_config_dir(config_dir=CONF, version_base="1.3")  # kept for the whole module
+        _COMPOSED[key] = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
+    return _COMPOSED[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def _jobs(name: str, cli=()):
+    """The override lists of the jobs of `python -m runner experiment=<name> <cli>`: the experiment's
+    hydra.sweeper.params, then the command line (a key given on both: the command line's values), expanded into
+    their product exactly as Hydra's basic sweeper does."""
+    cfg = _compose([f"experiment={name}"], hydra_config=True)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    overrides = OverridesParser.create().parse_overrides(params + [f"experiment={name}", *cli])
+    return cfg, BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def _documented_commands(name: str) -> list[list[str]]:
+    """The `python -m runner experiment=<name> ...` commands in the experiment's comments (with their '\\'
+    continuation lines), as override lists without the program."""
+    lines = [ln[1:].strip() for ln in _text(name).splitlines() if ln.startswith("#")]
+    commands, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("python -m runner"):
+            cmd = lines[i]
+            while cmd.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                cmd = cmd[:-1] + " " + lines[i]
+            cmd = cmd.split(" # ")[0]  # a trailing comment
+            commands.append(shlex.split(cmd)[3:])
+        i += 1
+    return commands
+
+
+def test_the_required_studies_exist():
+    assert set(REQUIRED) <= set(NAMES), f"missing: {set(REQUIRED) - set(NAMES)}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_is_a_documented_global_sweep(name):
+    text = _text(name)
+    assert text.splitlines()[0].strip() == "# @package _global_", "first line must be '# @package _global_'"
+    comments = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+    assert re.search(r"^# Question: [^?]+\?", comments, re.M), "a comment must say which question the study answers"
+    assert f"python -m runner experiment={name}" in text, "the comment must show how to run it"
+    cfg, jobs = _jobs(name)
+    assert cfg.hydra.mode.name == "MULTIRUN", "hydra.mode: MULTIRUN, so that it runs without -m"
+    assert len(cfg.hydra.sweeper.params) >= 1 and len(jobs) >= 2, "it must declare its own sweep"
+    assert OmegaConf.select(cfg, "hydra.callbacks.report._target_") == "runner.report.ReportCallback"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_job_of_the_sweep_is_valid(name):
+    _, jobs = _jobs(name)
+    for job in jobs:
+        validate(_compose(job))  # raises ConfigError naming every problem
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_documented_gpu_overrides_are_valid(name):
+    commands = _documented_commands(name)
+    scaled = [c for c in commands if len(c) > 1]
+    assert scaled, "the comment must document how to scale the study up (overrides of size and length)"
+    for cli in commands:
+        _, jobs = _jobs(name, cli[1:])
+        for job in jobs:
+            try:
+                validate(_compose(job))
+            except ConfigError as e:
+                raise AssertionError(f"python -m runner {' '.join(cli)}: {job}: {e}") from None
+
+
+def _configs(name, cli=()):
+    _, jobs = _jobs(name, cli)
+    out = []
+    for job in jobs:
+        cfg = _compose(job)
+        out.append((cfg, validate(cfg)["layer_types"]))
+    return out
+
+
+def _mixers(cfg, layers) -> set:
+    return ({cfg.attention.name} if "L" in layers else set()) | ({cfg.full.name} if "F" in layers else set())
+
+
+def test_lineup_covers_every_mixer_of_conf_attention_at_3_1_and_the_all_softmax_model():
+    available = {f[:-5] for f in os.listdir(os.path.join(CONF, "attention")) if f.endswith(".yaml")}
+    configs = _configs("lineup")
+    assert {c.attention.name for c, _ in configs} == available
+    assert {c.ratio for c, _ in configs} == {"3:1"}
+    assert len({c.model.name for c, _ in configs}) == 1 and len({c.seq_len for c, _ in configs}) == 1
+    assert any(_mixers(c, lt) == {"softmax"} for c, lt in configs), "the all-softmax baseline"
+    assert len({c.full.name for c, _ in configs}) == 1, "the same full layers for every mixer"
+
+
+def test_ratio_sweeps_five_distinct_layouts_for_gated_deltanet_and_kda():
+    configs = _configs("ratio")
+    assert {c.attention.name for c, _ in configs} == {"gated_deltanet", "kda"}
+    assert {c.ratio for c, _ in configs} == {"0:1", "1:1", "3:1", "7:1", "1:0"}
+    for att in ("gated_deltanet", "kda"):
+        layouts = ["".join(lt) for c, lt in configs if c.attention.name == att]
+        assert len(set(layouts)) == 5, f"{att}: ratios collapse to the same layout at this depth: {layouts}"
+    assert "".join(layer_types(8, "7:1")) == "LLLLLLLF"
+
+
+def test_context_compares_all_softmax_hybrid_and_all_linear_on_a_long_ladder():
+    configs = _configs("context")
+    kinds = {("L" in lt, "F" in lt) for _, lt in configs}
+    assert kinds == {(False, True), (True, True), (True, False)}, "0:1, a hybrid and 1:0"
+    assert {c.ratio for c, _ in configs} == {"0:1", "3:1", "1:0"}
+    assert any(_mixers(c, lt) == {"softmax"} for c, lt in configs)
+    for c, _ in configs:
+        assert "bench" in c.stages and ("train" not in c.stages or c.train.steps <= 50)
+        assert len(c.bench.lengths) >= 5 and c.bench.lengths[-1] >= 16 * c.bench.lengths[0]
+        assert c.bench.time_budget_s <= 60 and c.bench.memory_budget_gb > 0, "the quadratic model must stop early"
+
+
+def test_scaling_has_sizes_times_softmax_and_3_1():
+    configs = _configs("scaling")
+    sizes = {c.model.name for c, _ in configs}
+    assert 2 <= len(sizes) <= 3
+    for size in sizes:
+        mine = [(c, lt) for c, lt in configs if c.model.name == size]
+        assert any(_mixers(c, lt) == {"softmax"} for c, lt in mine)
+        assert any(c.ratio == "3:1" and "L" in lt and c.attention.name != "softmax" for c, lt in mine)
+    widths = {c.model.name: c.model.d_model for c, _ in configs}
+    assert len(set(widths.values())) == len(sizes), "different sizes"
+    # the documented GPU command replaces the sizes
+    gpu = [c for c in _documented_commands("scaling") if len(c) > 1][0]
+    assert len({c.model.name for c, _ in _configs("scaling", gpu[1:])}) >= 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_defaults_stay_small(name):
+    for cfg, _ in _configs(name):
+        assert cfg.model.d_model <= 128 and cfg.model.n_layers <= 8, "a CPU default must be a tiny/small model"
+        if "train" in cfg.stages:
+            assert cfg.train.steps * cfg.train.batch_size * cfg.seq_len <= 250_000, "short training on a CPU"
+        if "bench" in cfg.stages:
+            assert cfg.bench.lengths[-1] <= 32768
+
+
+@pytest.mark.parametrize("launcher,target", [("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),
+                                             ("submitit_slurm", "SlurmLauncher")])
+def test_a_study_runs_under_any_launcher(launcher, target):
+    """The studies choose their sweep, not how it is launched: hydra/launcher=... composes with each."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher" if launcher == "joblib"
+                        else "hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
+    cfg = _compose(["experiment=lineup", f"hydra/launcher={launcher}"], hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target) and cfg.hydra.mode.name == "MULTIRUN"
+    assert len(cfg.hydra.sweeper.params) >= 1
