@@ -18,7 +18,7 @@ from .mixers import REGISTRY, make_config
 from .peakmem import METHODS
 
 STAGES = ("train", "eval", "bench")
-DATA_SOURCES = ("stdlib", "text")
+DATA_SOURCES = ("stdlib", "text", "hf", "mqar")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -37,11 +37,30 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "stdlib"  # stdlib: the Python standard library's own source; text: a local file or folder
+    name: str = "stdlib"  # stdlib | text | hf | mqar
     path: Optional[str] = None  # for name=text: a .txt file or a folder of text files
     val_fraction: float = 0.1  # by file for folders and stdlib, the tail of the bytes for one file
-    max_bytes: int = 8_000_000  # cap on bytes read (0 = no cap), files taken in sorted order
-    tokenizer: str = "bytes"
+    max_bytes: int = 8_000_000  # cap on bytes read (0 = no cap), files taken in sorted order; hf: per training split
+    tokenizer: str = "bytes"  # bytes (vocabulary 256) | bpe (trained on the training split, cached)
+    vocab_size: int = 4096  # bpe: vocabulary to train; mqar: token vocabulary (keys lower half, values upper half)
+    cache_dir: Optional[str] = None  # tokenizers and tokenized splits; null = ~/.cache/hybrid-runner
+    # name=hf: any dataset of the Hugging Face Hub (or a local dataset folder)
+    dataset: Optional[str] = None  # Hub name such as wikitext, or a folder of parquet/json/csv/txt files
+    config: Optional[str] = None  # the dataset's configuration, e.g. wikitext-103-raw-v1
+    text_field: str = "text"  # the column holding the text
+    train_split: str = "train"
+    val_split: Optional[str] = "validation"  # null = hold out val_fraction of the training rows
+    streaming: bool = False  # read row by row up to max_bytes instead of downloading the whole dataset
+    revision: Optional[str] = None  # a dataset revision (branch, tag or commit)
+    hub_timeout_s: float = 3.0  # how long to wait for the Hub to answer before working from the cache only
+    # name=mqar: synthetic multi-query associative recall (runner/tasks/mqar.py)
+    num_kv_pairs: List[int] = field(default_factory=lambda: [2, 4, 8])  # pairs per example, mixed in training
+    test_num_kv_pairs: Optional[List[int]] = None  # pairs of the test sets; null = num_kv_pairs
+    n_train: int = 100_000  # training examples
+    n_test: int = 1000  # test examples per number of pairs
+    alpha: float = 0.01  # power-law exponent of the query distances (Zoology: 0.01)
+    mix_lengths: bool = True  # training examples of lengths seq_len, seq_len/2, seq_len/4 (padded)
+    seed: int = 0  # data seed: training examples from 2*seed, test examples from 2*seed+1
 
 
 @dataclass
@@ -65,6 +84,9 @@ class TrainConfig:
 class EvalConfig:
     max_tokens: int = 131072  # validation tokens scored (in non-overlapping windows of seq_len)
     batch_size: int = 8
+    tasks: List[str] = field(default_factory=lambda: ["ppl"])  # ppl | extrapolation | positions | mqar
+    extrapolation_factors: List[int] = field(default_factory=lambda: [2, 4])  # lengths seq_len * factor
+    position_buckets: int = 32  # positions task: buckets per seq_len
 
 
 @dataclass
@@ -182,6 +204,20 @@ def validate(cfg: DictConfig | Config) -> dict:
         need(getattr(t, key) >= 0, f"train.{key}={getattr(t, key)} must be >= 0")
     need(c.eval.max_tokens >= 1, f"eval.max_tokens={c.eval.max_tokens} must be >= 1")
     need(c.eval.batch_size >= 1, f"eval.batch_size={c.eval.batch_size} must be >= 1")
+    ev, eval_tasks = c.eval, ("ppl", "extrapolation", "positions", "mqar")
+    bad = [t for t in ev.tasks if t not in eval_tasks]
+    need(not bad, f"eval.tasks={list(ev.tasks)} has unknown task(s) {bad}; allowed: {list(eval_tasks)}")
+    need(len(ev.tasks) > 0, f"eval.tasks is empty; choose from {list(eval_tasks)} (or leave 'eval' out of stages)")
+    need(len(ev.extrapolation_factors) > 0 and all(f >= 2 for f in ev.extrapolation_factors),
+         f"eval.extrapolation_factors={list(ev.extrapolation_factors)} must be a non-empty list of whole numbers >= 2")
+    need(ev.position_buckets >= 1, f"eval.position_buckets={ev.position_buckets} must be >= 1")
+    if c.data.name == "mqar":
+        need(not {"extrapolation", "positions"} & set(ev.tasks),
+             f"eval.tasks={list(ev.tasks)}: extrapolation and positions score text; with data=mqar use "
+             f"eval.tasks=[ppl,mqar]")
+    else:
+        need("mqar" not in ev.tasks, f"eval.tasks={list(ev.tasks)}: the mqar task needs a model trained on data=mqar "
+                                     f"(data.name is {c.data.name!r})")
 
     b = c.bench
     need(len(b.lengths) > 0 and all(int(n) >= 1 for n in b.lengths),
@@ -196,9 +232,35 @@ def validate(cfg: DictConfig | Config) -> dict:
 
     d = c.data
     need(d.name in DATA_SOURCES, f"data.name={d.name!r} is not a known source; allowed: {list(DATA_SOURCES)}")
-    need(d.tokenizer == "bytes", f"data.tokenizer={d.tokenizer!r} is not supported; allowed: ['bytes']")
+    need(d.tokenizer in ("bytes", "bpe"), f"data.tokenizer={d.tokenizer!r} is not supported; allowed: ['bytes', 'bpe']")
+    if d.tokenizer == "bpe":
+        need(d.name != "mqar", "data.tokenizer=bpe does not apply to data=mqar (synthetic token ids); use "
+                               "data.tokenizer=bytes")
+        need(257 <= d.vocab_size <= 1_000_000, f"data.vocab_size={d.vocab_size} must be in [257, 1000000] for "
+                                               f"data.tokenizer=bpe (256 byte tokens + merges), e.g. 4096")
     need(0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1), e.g. 0.1")
     need(d.max_bytes >= 0, f"data.max_bytes={d.max_bytes} must be >= 0 (0 = no cap)")
+    if d.name == "hf":
+        need(bool(d.dataset), "data=hf needs data.dataset=<a Hub dataset such as wikitext, or a local dataset folder>")
+        need(bool(d.text_field), "data.text_field must name the column holding the text, e.g. text")
+        need(bool(d.train_split), "data.train_split must name a split, e.g. train")
+        need(d.hub_timeout_s > 0, f"data.hub_timeout_s={d.hub_timeout_s} must be > 0 seconds, e.g. 3")
+        need(not d.streaming or d.max_bytes > 0, "data.streaming=true reads a dataset row by row: give data.max_bytes "
+                                                 "> 0 (how much to read), e.g. data.max_bytes=50000000")
+    if d.name == "mqar":
+        from .tasks.mqar import check as mqar_check
+
+        need(len(d.num_kv_pairs) > 0, "data.num_kv_pairs must be a non-empty list, e.g. [2, 4, 8]")
+        need(d.test_num_kv_pairs is None or len(d.test_num_kv_pairs) > 0,
+             "data.test_num_kv_pairs must be null (= num_kv_pairs) or a non-empty list, e.g. [4, 8, 16]")
+        for key, kvs in (("num_kv_pairs", d.num_kv_pairs), ("test_num_kv_pairs", d.test_num_kv_pairs or [])):
+            for kv in kvs:
+                why = mqar_check(c.seq_len, kv, d.vocab_size) if c.seq_len >= 1 else None
+                need(why is None, f"data.{key}={list(kvs)} with data.vocab_size={d.vocab_size}, seq_len={c.seq_len}: {why}")
+        need(d.n_train >= 1, f"data.n_train={d.n_train} must be >= 1")
+        need(d.n_test >= 1, f"data.n_test={d.n_test} must be >= 1")
+        need(d.alpha > 0, f"data.alpha={d.alpha} must be > 0 (Zoology: 0.01)")
+        need(d.seed >= 0, f"data.seed={d.seed} must be >= 0")
     if d.name == "text":
         if not d.path:
             problems.append("data=text needs data.path=<a text file or a folder of text files>")

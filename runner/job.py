@@ -61,63 +61,95 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
     multirun = hydra_multi if multirun is None else multirun
     console = console or Console(width=None if sys.stdout.isatty() else 120)
 
+    tracker, recorded = None, False
     try:
-        facts = validate(cfg)
-    except ConfigError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        if multirun:
-            t = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None, console)
-            t.finish("invalid_config", str(e))
-            return t.results
-        raise SystemExit(2)
-
-    if cfg.resume:
-        run_dir = os.path.abspath(os.path.expanduser(cfg.resume))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    done = _finished_results(run_dir, resolved)
-    if done is not None and env_info().world == 1:
-        console.print(f"{run_dir} already holds a completed run with this configuration; not running it again")
-        for table in summary_tables(done):
-            console.print(table)
-        return done
-    if not env_info().is_main:
-        tracker = NullTracker(run_dir, resolved)
-        console = tracker.console
-    else:
-        tracker = Tracker(run_dir, resolved, cfg.logger, console)
-    tracker.results.update({"layer_types": facts["layer_types"], "run_dir": run_dir,
-                            "env": {"python": platform.python_version(), "torch": torch.__version__,
-                                    "runner": __version__, "threads": torch.get_num_threads(),
-                                    "machine": platform.machine()}})
-    try:
-        _stages(cfg, facts, tracker, run_dir, console)
-    except BaseException as e:  # record every failure, Ctrl-C included
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        tracker.finish(status, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
-        console.print(f"[bold red]{status}:[/] {type(e).__name__}: {e}")
-        if multirun and not isinstance(e, KeyboardInterrupt):
-            return tracker.results
-        raise
-    if not isinstance(tracker, NullTracker) and tracker.results.get("bench"):
         try:
-            from .plots import run_plots
+            facts = validate(cfg)
+        except ConfigError as e:
+            console.print(f"[bold red]error:[/] {e}")
+            if multirun:
+                t = Tracker(run_dir, OmegaConf.to_container(cfg, resolve=True), None, console)
+                t.finish("invalid_config", str(e))
+                return t.results
+            raise SystemExit(2)
 
-            tracker.results["plots"] = [os.path.basename(p) for p in run_plots(tracker.results, run_dir)]
-        except Exception as e:  # a plot must never fail a run
-            console.print(f"[yellow]plots skipped:[/] {type(e).__name__}: {e}")
-    tracker.finish("completed")
-    if isinstance(tracker, NullTracker):
+        if cfg.resume:
+            run_dir = os.path.abspath(os.path.expanduser(cfg.resume))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        done = _finished_results(run_dir, resolved)
+        if done is not None and env_info().world == 1:
+            console.print(f"{run_dir} already holds a completed run with this configuration; not running it again")
+            for table in summary_tables(done):
+                console.print(table)
+            return done
+        if not env_info().is_main:
+            tracker = NullTracker(run_dir, resolved)
+            console = tracker.console
+        else:
+            tracker = Tracker(run_dir, resolved, cfg.logger, console)
+        tracker.results.update({"layer_types": facts["layer_types"], "run_dir": run_dir,
+                                "env": {"python": platform.python_version(), "torch": torch.__version__,
+                                        "runner": __version__, "threads": torch.get_num_threads(),
+                                        "machine": platform.machine()}})
+        try:
+            _stages(cfg, facts, tracker, run_dir, console)
+        except BaseException as e:  # record every failure, Ctrl-C included
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            tracker.finish(status, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
+            console.print(f"[bold red]{status}:[/] {type(e).__name__}: {e}")
+            if multirun and not isinstance(e, KeyboardInterrupt):
+                return tracker.results
+            raise
+        if not isinstance(tracker, NullTracker) and tracker.results.get("bench"):
+            try:
+                from .plots import run_plots
+
+                tracker.results["plots"] = [os.path.basename(p) for p in run_plots(tracker.results, run_dir)]
+            except Exception as e:  # a plot must never fail a run
+                console.print(f"[yellow]plots skipped:[/] {type(e).__name__}: {e}")
+        tracker.finish("completed")
+        recorded = True
+        if isinstance(tracker, NullTracker):
+            return tracker.results
+        for table in summary_tables(tracker.results):
+            console.print(table)
+        console.print(f"results: {os.path.join(run_dir, 'results.json')}")
         return tracker.results
-    for table in summary_tables(tracker.results):
-        console.print(table)
-    console.print(f"results: {os.path.join(run_dir, 'results.json')}")
-    return tracker.results
+    except Exception as e:
+        # A job of a sweep never raises (Ctrl-C aside): Hydra's sweeper re-raises a job's exception once its batch
+        # is done, which ends the sweep without the later batches and without the report. The stages' failures
+        # are recorded above; this records the rest (W&B start, results files, a failure while finishing).
+        if not multirun:
+            raise
+        error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+        console.print(f"[bold red]failed:[/] {type(e).__name__}: {e}")
+        if recorded:
+            return tracker.results  # the results were written; only the console summary failed
+        if tracker is not None:
+            try:
+                tracker.finish("failed", error)
+                return tracker.results
+            except Exception as again:
+                console.print(f"[bold red]could not finish the run's records:[/] {type(again).__name__}: {again}")
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:
+            config = OmegaConf.to_container(cfg, resolve=False)
+        results = dict(tracker.results) if tracker is not None else {}
+        try:
+            t = Tracker(run_dir, config, None, console)
+            t.results.update({k: v for k, v in results.items() if k not in ("status", "error")})
+            t.finish("failed", error)
+            return t.results
+        except Exception as again:  # nowhere to write: say so, and let the sweep go on
+            console.print(f"[bold red]no results.json written to {run_dir}:[/] {type(again).__name__}: {again}")
+            return {**results, "config": config, "status": "failed", "error": error}
 
 
 def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> None:
     from .bench import run_bench, scaling
     from .data import load_corpus
-    from .evaluate import evaluate
+    from .evaluate import describe as describe_eval, evaluate
     from .model import HybridLM
     from .train import train
 
@@ -132,10 +164,12 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
     run_dir = distributed.broadcast(run_dir, dist_info)  # checkpoints are read from rank 0's folder
     tracker.results["env"].update(device=str(device), world_size=dist_info.world)
     t0 = time.perf_counter()
-    corpus = load_corpus(cfg.data)
+    corpus = load_corpus(cfg.data, seq_len=cfg.seq_len, log=console.print)
     tracker.update(data=corpus.info())
-    console.print(f"data: {corpus.description}: {corpus.train.numel():,} train / {corpus.val.numel():,} val tokens "
+    console.print(f"data: {corpus.description}: {corpus.summary()} "
                   f"(fingerprint {corpus.fingerprint}, {time.perf_counter() - t0:.1f} s)")
+    if cfg.data.name == "mqar" and "mqar" not in cfg.eval.tasks and "eval" in cfg.stages:
+        console.print("note: add eval.tasks=[ppl,mqar] for the recall accuracy by number of pairs and by distance")
 
     m = cfg.model
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
@@ -155,12 +189,14 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
     if not dist_info.is_main:
         return
     if "eval" in cfg.stages:
-        ev = evaluate(model, corpus, cfg, device)
+        ev = evaluate(model, corpus, cfg, device, run_dir=run_dir, log=console.print)
         tracker.update(eval=ev)
-        tracker.log({"step": cfg.train.steps if "train" in cfg.stages else 0, "eval_loss": ev["loss"],
-                     "eval_bpb": ev["bpb"]})
-        console.print(f"eval: loss {ev['loss']:.4f} nats/token, ppl {ev['ppl']:.3f}, bpb {ev['bpb']:.4f} "
-                      f"(unigram {ev['unigram_bpb']:.4f})")
+        row = {"step": cfg.train.steps if "train" in cfg.stages else 0, "eval_loss": ev["loss"], "eval_bpb": ev["bpb"]}
+        if "mqar" in ev:
+            row["eval_mqar_accuracy"] = ev["mqar"]["accuracy"]
+        tracker.log(row)
+        for line in describe_eval(ev):
+            console.print(line)
     if "bench" in cfg.stages:
         console.print("bench:")
         rows = run_bench(model, cfg, device, console)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .data import Corpus, eval_windows, random_batches
+from .data import Corpus
 from .evaluate import mean_loss
 
 
@@ -111,7 +111,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
     tc = cfg.train
     seq_len = cfg.seq_len
     gen = torch.Generator().manual_seed(cfg.seed)
-    vx, vy = eval_windows(corpus.val, seq_len, tc.eval_batches * tc.batch_size * seq_len)
+    vx, vy = corpus.val_windows(seq_len, tc.eval_batches * tc.batch_size * seq_len)
     opt = make_optimizer(model, tc)
     ckpt = checkpoint_path(run_dir)
     tokens_per_step = tc.batch_size * seq_len
@@ -131,7 +131,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
         resumed_from = start
         tracker.trim_metrics(start)
         tracker.console.print(f"resuming from {ckpt} at step {start}")
-    batches = random_batches(corpus.train, tc.batch_size, seq_len, gen)
+    batches = corpus.batches(tc.batch_size, seq_len, gen)  # draws from gen only, so the saved state resumes it
 
     def payload(step):
         return {"identity": training_identity(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
