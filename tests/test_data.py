@@ -136,6 +136,7 @@ def test_hf_unreachable_hub_fails_fast_in_process(monkeypatch, how):
     import datasets.config
 
     if how == "probe fails":
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # whatever the environment says
         monkeypatch.setattr(D, "hub_unreachable", lambda timeout=3.0: "test: no network")
     else:
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
