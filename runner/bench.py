@@ -16,6 +16,7 @@ import traceback
 
 import torch
 
+from .accel import autocast
 from .mixers.base import state_nbytes
 from .peakmem import measure
 
@@ -57,7 +58,8 @@ def bench_length(model, n: int, cfg, device) -> dict:
     model.train()
 
     def train_step():
-        loss, _ = model.loss(x, y)
+        with autocast(cfg.precision, device):  # forward under autocast (precision=bf16), backward outside it
+            loss, _ = model.loss(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -69,7 +71,7 @@ def bench_length(model, n: int, cfg, device) -> dict:
     del opt
 
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(cfg.precision, device):
         def prefill():
             _, state = model(x, need_state=True)
             _sync(device)

@@ -128,6 +128,10 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     resume: Optional[str] = None  # a run folder to continue in (its checkpoint and results); None = this run's folder
+    precision: str = "fp32"  # fp32 | bf16 (bf16 autocast; runner/accel.py)
+    compile: bool = False  # torch.compile the training step
+    kernels: str = "torch"  # linear mixers' chunked ops: torch (runner/ops) | fla (flash-linear-attention, CUDA)
+    parallel: str = "ddp"  # under torchrun: ddp (replicate) | fsdp (shard parameters, gradients, optimizer state)
 
 
 class ConfigError(ValueError):
@@ -154,6 +158,12 @@ def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
             if fn.endswith(".yaml"):
                 node = OmegaConf.load(os.path.join(experiments_dir, fn))
                 cs.store(group="experiment", name=fn[:-5], node=node, package="_global_")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def validate(cfg: DictConfig | Config) -> dict:
@@ -184,6 +194,11 @@ def validate(cfg: DictConfig | Config) -> dict:
         import torch
 
         need(torch.cuda.is_available(), f"device={dev!r} but CUDA is not available here; use device=cpu or device=auto")
+
+    from .accel import problems as accel_problems
+
+    device_type = "cuda" if dev.startswith("cuda") or (dev == "auto" and _cuda_available()) else "cpu"
+    problems.extend(accel_problems(c, device_type))
 
     if c.resume is not None and not os.path.isdir(os.path.expanduser(c.resume)):
         problems.append(f"resume={c.resume!r} is not a folder; give the folder of the run to continue "

@@ -147,6 +147,7 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
 
 
 def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> None:
+    from .accel import autocast
     from .bench import run_bench, scaling
     from .data import load_corpus
     from .evaluate import describe as describe_eval, evaluate
@@ -174,8 +175,12 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
     m = cfg.model
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
     full = OmegaConf.to_container(cfg.full, resolve=True)
-    model = HybridLM(corpus.vocab_size, m.d_model, m.n_heads, facts["layer_types"], attention, full,
-                     m.mlp_hidden, m.norm_eps, m.tie_embeddings, m.init_std).to(device)
+
+    def build():
+        return HybridLM(corpus.vocab_size, m.d_model, m.n_heads, facts["layer_types"], attention, full,
+                        m.mlp_hidden, m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels).to(device)
+
+    model = build()
     tracker.describe(layer_types=facts["layer_types"], n_params=model.n_params(),
                      n_params_non_embedding=model.n_params(embeddings=False))
     console.print(f"model: {m.name} d_model={m.d_model} layers={''.join(facts['layer_types'])} "
@@ -184,12 +189,18 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
     try:
         if "train" in cfg.stages:
             tracker.update(train=train(model, corpus, cfg, tracker, device, run_dir, dist_info))
+            if distributed.is_sharded(model):  # FSDP: rank 0 evaluates and benchmarks an unsharded copy
+                state, _ = distributed.full_state(model)
+                if dist_info.is_main:
+                    model = build()
+                    model.load_state_dict(state)
     finally:
         distributed.teardown(dist_info)  # only rank 0 goes on to eval and bench
     if not dist_info.is_main:
         return
     if "eval" in cfg.stages:
-        ev = evaluate(model, corpus, cfg, device, run_dir=run_dir, log=console.print)
+        with autocast(cfg.precision, device):
+            ev = evaluate(model, corpus, cfg, device, run_dir=run_dir, log=console.print)
         tracker.update(eval=ev)
         row = {"step": cfg.train.steps if "train" in cfg.stages else 0, "eval_loss": ev["loss"], "eval_bpb": ev["bpb"]}
         if "mqar" in ev:

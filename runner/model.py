@@ -49,7 +49,7 @@ def default_mlp_hidden(d_model: int) -> int:
 class HybridLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, kernels: str = "torch"):
         super().__init__()
         self.layer_types = list(layer_types)
         self.vocab_size, self.d_model = vocab_size, d_model
@@ -61,6 +61,8 @@ class HybridLM(nn.Module):
             spec = attention if kind == "L" else full
             blocks.append(Block(d_model, build_mixer(spec, d_model, n_heads, layer_idx=i, n_layers=n), hidden, norm_eps))
         self.blocks = nn.ModuleList(blocks)
+        for block in blocks:  # the backend of the linear mixers' chunked ops (runner/ops/backends.py)
+            block.mixer.kernels = kernels
         self.norm = RMSNorm(d_model, norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self._init(init_std, n)

@@ -90,7 +90,7 @@ def stop_requests():
             signal.signal(s, h)
 
 
-RESUME_KEYS = ("model", "attention", "full", "ratio", "pattern", "seq_len", "seed", "train", "data")
+RESUME_KEYS = ("model", "attention", "full", "ratio", "pattern", "seq_len", "seed", "train", "data", "precision")
 
 
 def training_identity(cfg) -> dict:
@@ -104,10 +104,12 @@ def training_identity(cfg) -> dict:
 def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str, dist_info=None) -> dict:
     """Runs (or resumes) cfg.train.steps optimisation steps; returns the train section of results.json.
     Under torchrun (``dist_info``) each rank trains on its shard of every global batch; rank 0 writes."""
-    from . import distributed
+    from . import accel, distributed
 
     dist_info = dist_info or distributed.DistInfo()
-    wrapped = distributed.wrap(model, dist_info, device)
+    wrapped = distributed.wrap(model, dist_info, device, cfg.parallel)
+    sharded = distributed.is_sharded(model)  # FSDP: every rank takes part in forwards and in gathering state
+    step_fn = accel.for_training(wrapped, cfg.compile)
     tc = cfg.train
     seq_len = cfg.seq_len
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -123,8 +125,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
         if diff:
             raise ValueError(f"{ckpt} was written by a run with different {', '.join(diff)}; resume it with the same "
                              f"settings, or choose a new run folder (hydra.run.dir=...)")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        distributed.load_full_state(model, state["model"], opt, state["optimizer"])
         gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, recent, train_time = state["step"], state["recent"], state["train_time"]
@@ -133,10 +134,15 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
         tracker.console.print(f"resuming from {ckpt} at step {start}")
     batches = corpus.batches(tc.batch_size, seq_len, gen)  # draws from gen only, so the saved state resumes it
 
-    def payload(step):
-        return {"identity": training_identity(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "step": step, "recent": recent,
-                "train_time": train_time, "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    def checkpoint(step):
+        """Rank 0 writes; under FSDP every rank first helps gather the full tensors."""
+        if not (dist_info.is_main or sharded):
+            return
+        model_sd, optim_sd = distributed.full_state(model, opt)
+        if dist_info.is_main:
+            save_checkpoint(ckpt, {"identity": training_identity(cfg), "model": model_sd, "optimizer": optim_sd,
+                                   "step": step, "recent": recent, "train_time": train_time,
+                                   "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()})
 
     model.train()
     t_start = time.perf_counter()
@@ -151,7 +157,8 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                 g["lr"] = lr
             x, y = next(batches)  # the global batch; this rank's rows of it
             x, y = distributed.shard(x, dist_info).to(device), distributed.shard(y, dist_info).to(device)
-            loss, lm = wrapped(x, targets=y)
+            with accel.autocast(cfg.precision, device):
+                loss, lm = step_fn(x, targets=y)
             # one collective per step: the global losses, and whether any rank was asked to stop
             loss_val, lm_val, stop_any = distributed.mean_over_ranks(
                 [loss.item(), lm.item(), float(bool(stop["signal"]))], dist_info)
@@ -175,23 +182,24 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 row = row or {"step": done, "loss": lm_val, "lr": lr, "tokens": done * tokens_per_step,
                               "tokens_per_s": tps}
-                if dist_info.is_main:
+                if dist_info.is_main or sharded:
                     rng = torch.get_rng_state()
-                    row["val_loss"] = mean_loss(model, vx.to(device), vy.to(device), tc.batch_size)
+                    with accel.autocast(cfg.precision, device):
+                        row["val_loss"] = mean_loss(model, vx.to(device), vy.to(device), tc.batch_size)
                     torch.set_rng_state(rng)
                     model.train()
             if row is not None:
                 tracker.log(row)
             if stop_any > 0:
-                if dist_info.is_main:
-                    save_checkpoint(ckpt, payload(done))
+                checkpoint(done)
                 raise Interrupted(f"{stop['signal'] or 'a stop request'} at step {done}; checkpoint saved to {ckpt}")
-            if tc.ckpt_every and done % tc.ckpt_every == 0 and done < tc.steps and dist_info.is_main:
-                save_checkpoint(ckpt, payload(done))
-    if tc.steps and start < tc.steps and dist_info.is_main:
-        save_checkpoint(ckpt, payload(tc.steps))
+            if tc.ckpt_every and done % tc.ckpt_every == 0 and done < tc.steps:
+                checkpoint(done)
+    if tc.steps and start < tc.steps:
+        checkpoint(tc.steps)
     return {"steps": tc.steps, "tokens": tc.steps * tokens_per_step,
             "tokens_per_s": tc.steps * tokens_per_step / max(train_time, 1e-9),
             "final_loss": sum(recent) / len(recent) if recent else None,
             "wall_s": time.perf_counter() - t_start, "resumed_from_step": resumed_from,
+            "parallel": cfg.parallel if dist_info.enabled else None, "sharded": sharded,
             "checkpoint": ckpt if tc.steps else None}

@@ -41,9 +41,16 @@ class Mixer(nn.Module):
     """Base class of all token mixers. ``quadratic`` is True when cost and state grow with context."""
 
     quadratic: bool = False
+    kernels: str = "torch"  # backend of the linear mixers' chunked ops (runner/ops/backends.py): torch | fla
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError
+
+    def chunk_op(self, name: str):
+        """The chunked op ``name`` of this mixer's kernel backend (``kernels=``)."""
+        from runner.ops.backends import chunk_op
+
+        return chunk_op(name, self.kernels)
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         raise NotImplementedError

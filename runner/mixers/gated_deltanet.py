@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, RMSNorm, ShortConv, dtype_bytes, l2norm
-from runner.ops.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from runner.ops.gated_delta_rule import recurrent_gated_delta_rule
 
 RECURRENT_MAX_T = 8  # pieces this short (decoding) run the token-by-token op, which is cheaper there
 
@@ -148,8 +148,8 @@ class GatedDeltaNet(Mixer):
         if cfg.mode == "recurrent" or T <= RECURRENT_MAX_T:
             o, S = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=S0, output_final_state=need_state)
         else:
-            o, S = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=S0, output_final_state=need_state,
-                                          chunk_size=cfg.chunk_size)
+            chunk = self.chunk_op("chunk_gated_delta_rule")
+            o, S = chunk(q, k, v, g, beta, initial_state=S0, output_final_state=need_state, chunk_size=cfg.chunk_size)
         o = o.to(x.dtype)  # (B, T, HV, Vh)
         if cfg.use_gate:
             o = self.norm(o, self.z_proj(x).reshape(B, T, self.num_v_heads, self.head_v_dim))

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, ShortConv, State, dtype_bytes
-from runner.ops.kda import chunk_kda, recurrent_kda
+from runner.ops.kda import recurrent_kda
 
 _MODES = ("chunk", "recurrent")
 _RECURRENT_BELOW = 16  # calls shorter than this use the recurrent form in "chunk" mode
@@ -138,8 +138,8 @@ class KimiDeltaAttention(Mixer):
             o, S = recurrent_kda(q, k, v, g, beta, initial_state=s0, output_final_state=need_state,
                                  use_qk_l2norm_in_kernel=True)
         else:
-            o, S = chunk_kda(q, k, v, g, beta, initial_state=s0, output_final_state=need_state,
-                             use_qk_l2norm_in_kernel=True, chunk_size=self.cfg.chunk_size)
+            o, S = self.chunk_op("chunk_kda")(q, k, v, g, beta, initial_state=s0, output_final_state=need_state,
+                                              use_qk_l2norm_in_kernel=True, chunk_size=self.cfg.chunk_size)
         gate = self.g_b_proj(self.g_a_proj(x)).view(B, T, HV, VD)
         y = self.o_proj(self.o_norm(o, gate).reshape(B, T, HV * VD))
         if not need_state:

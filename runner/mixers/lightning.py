@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, State
-from runner.ops.lightning import chunk_lightning_attn, lightning_decay_rates, recurrent_lightning_attn
+from runner.ops.lightning import lightning_decay_rates, recurrent_lightning_attn
 
 _RECURRENT_BELOW = 8  # calls shorter than this (decoding) use the recurrent form: same result, less overhead
 
@@ -82,8 +82,9 @@ class LightningAttention(Mixer):
         if T < _RECURRENT_BELOW:
             o, S = recurrent_lightning_attn(q, k, v, s, scale=1.0, initial_state=s0, output_final_state=need_state)
         else:
-            o, S = chunk_lightning_attn(q, k, v, s, scale=1.0, initial_state=s0, output_final_state=need_state,
-                                        chunk_size=self.cfg.chunk_size)
+            chunk = self.chunk_op("chunk_lightning_attn")
+            o, S = chunk(q, k, v, s, scale=1.0, initial_state=s0, output_final_state=need_state,
+                         chunk_size=self.cfg.chunk_size)
         y = self.out_proj(self.norm(o.reshape(B, T, H * D), self.output_gate(x)))
         return y, ({"S": S} if need_state else None)
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.mixers.base import Mixer, MixerConfig, RMSNorm, State, dtype_bytes
-from runner.ops.linear_attn import chunk_linear_attn, recurrent_linear_attn
+from runner.ops.linear_attn import recurrent_linear_attn
 
 _RECURRENT_BELOW = 8  # calls shorter than this (decoding) use the recurrent form: same result, less overhead
 
@@ -100,7 +100,7 @@ class LinearAttention(Mixer):
         if T < _RECURRENT_BELOW:
             o, final = recurrent_linear_attn(q, k, v, **kw)
         else:
-            o, final = chunk_linear_attn(q, k, v, chunk_size=self.cfg.chunk_size, **kw)
+            o, final = self.chunk_op("chunk_linear_attn")(q, k, v, chunk_size=self.cfg.chunk_size, **kw)
         if self.norm is not None:
             o = self.norm(o)
         y = self.o_proj(o.reshape(B, T, H * V))

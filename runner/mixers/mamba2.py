@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.mixers.base import Mixer, MixerConfig, ShortConv, State, dtype_bytes
-from runner.ops.ssd import chunk_ssd, recurrent_ssd
+from runner.ops.ssd import recurrent_ssd
 
 _RECURRENT_BELOW = 8  # calls shorter than this (decoding) use the recurrent form: same result, less overhead
 
@@ -171,7 +171,8 @@ class Mamba2(Mixer):
         if T < _RECURRENT_BELOW:
             y, S = recurrent_ssd(*args, initial_state=s0, output_final_state=need_state)
         else:
-            y, S = chunk_ssd(*args, initial_state=s0, output_final_state=need_state, chunk_size=self.cfg.chunk_size)
+            y, S = self.chunk_op("chunk_ssd")(*args, initial_state=s0, output_final_state=need_state,
+                                              chunk_size=self.cfg.chunk_size)
         out = self.out_proj(self.norm(y.reshape(B, T, self.d_inner), z))
         if not need_state:
             return out, None

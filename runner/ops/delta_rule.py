@@ -16,12 +16,14 @@ from typing import Optional
 import torch
 
 from runner.ops.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from runner.ops.precision import full_precision
 
 
 def _no_decay(beta: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(beta, dtype=torch.float64 if beta.dtype == torch.float64 else torch.float32)
 
 
+@full_precision
 def recurrent_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -38,6 +40,7 @@ def recurrent_delta_rule(
                                       use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
 
 
+@full_precision
 def chunk_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

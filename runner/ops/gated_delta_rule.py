@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .precision import full_precision
+
 
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
@@ -77,6 +79,7 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
     return q, k, v, g, beta, s0
 
 
+@full_precision
 def recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -203,6 +206,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision  # a backward run inside an autocast region keeps the float32 math too
     def backward(ctx, do, dS):
         q, k, v, beta, d, L, Tm, P, W, Qs, kc, U, A, S0 = ctx.saved_tensors
         N, BH, C, K = q.shape
@@ -266,6 +270,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None)
 
 
+@full_precision
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -68,6 +68,8 @@ from typing import Optional
 
 import torch
 
+from .precision import full_precision
+
 
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
@@ -96,6 +98,7 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
     return q, k, v, g, beta, s0
 
 
+@full_precision
 def recurrent_kda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -182,6 +185,7 @@ def _intra_chunk(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.
     return p_blk.view(*lead, C, C), t_blk.view(*lead, C, C)
 
 
+@full_precision
 def chunk_kda(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from .precision import full_precision
 from .simple_gla import chunk_simple_gla, recurrent_simple_gla
 
 
@@ -52,6 +53,7 @@ def _log_decay(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return -s.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
 
 
+@full_precision
 def recurrent_lightning_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -66,6 +68,7 @@ def recurrent_lightning_attn(
     return recurrent_simple_gla(q, k, v, None, scale, initial_state, output_final_state, g_gamma=_log_decay(q, s))
 
 
+@full_precision
 def chunk_lightning_attn(
     q: torch.Tensor,
     k: torch.Tensor,

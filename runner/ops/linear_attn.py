@@ -24,6 +24,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
 from .simple_gla import _chunked, chunk_simple_gla, recurrent_simple_gla
 
 LinearState = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
@@ -44,6 +45,7 @@ def _check_state(initial_state, normalize):
     return S, z
 
 
+@full_precision
 def recurrent_linear_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -71,6 +73,7 @@ def recurrent_linear_attn(
     return o, final
 
 
+@full_precision
 def chunk_linear_attn(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .precision import full_precision
+
 
 def _prepare(q, k, v, g, g_gamma, scale, initial_state):
     """Shape checks and promotion to the compute dtype. Returns q, k, v, g, g_gamma, initial state, scale."""
@@ -76,6 +78,7 @@ def _prepare(q, k, v, g, g_gamma, scale, initial_state):
     return q, k, v, g, g_gamma, s0, float(K ** -0.5 if scale is None else scale)
 
 
+@full_precision
 def recurrent_simple_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -287,6 +290,7 @@ class _ChunkSimpleGLA(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision  # a backward run inside an autocast region keeps the float32 math too
     def backward(ctx, do, dfinal):
         q, k, v, g, P, pd, states, o_off, gam_first, gam_last, o, den = ctx.saved_tensors
         scale, const, C, M, norm_eps = ctx.scale, ctx.const, ctx.C, ctx.M, ctx.norm_eps
@@ -387,6 +391,7 @@ def _chunked(q, k, v, g, g_gamma, initial_state, scale, output_final_state, chun
     return o.to(out_dtype), (final if output_final_state else None)
 
 
+@full_precision
 def chunk_simple_gla(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from .precision import full_precision
 from .simple_gla import chunk_simple_gla, recurrent_simple_gla
 
 
@@ -56,6 +57,7 @@ def _skip(y, x, D):
     return (y.to(torch.promote_types(y.dtype, D.dtype)) + x * D[:, None]).to(x.dtype)
 
 
+@full_precision
 def recurrent_ssd(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -72,6 +74,7 @@ def recurrent_ssd(
     return _skip(y, x, D), S
 
 
+@full_precision
 def chunk_ssd(
     x: torch.Tensor,
     dt: torch.Tensor,

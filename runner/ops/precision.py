@@ -1,0 +1,21 @@
+"""The ops compute in float32 (float64 for float64 inputs) even under bf16 autocast (``precision=bf16``): the
+decayed recurrences and the triangular solves of the chunked forms lose too much in bf16, and the state they
+carry from chunk to chunk must not be rounded. Every public op is wrapped in :func:`full_precision`."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def full_precision(fn):
+    """Run ``fn`` with autocast off on every device type; the op promotes its inputs itself."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
+            return fn(*args, **kwargs)
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
