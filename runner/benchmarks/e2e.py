@@ -2,6 +2,7 @@
 
     python -m runner.benchmarks.e2e                              # small model, LLLF, T=2048, fp32, 2 threads
     python -m runner.benchmarks.e2e --model-size base --batch 1 --steps 5
+    python -m runner.benchmarks.e2e --compile both               # also torch.compile'd steps of both models
     python -m runner.benchmarks.e2e --decode                     # decode ms/token after n = 256 .. 16384
 
 Training mode builds two models of the same shape with random weights: ours (runner.model.HybridLM with the
@@ -164,16 +165,23 @@ def param_breakdown(ours, theirs) -> list[tuple[str, int, int]]:
             ("MLPs", o_mlp, t_mlp), ("block norms", o_norm, t_norm)]
 
 
-def train_step_fn(model, x, y, transformers_model: bool):
+def train_step_fn(model, x, y, transformers_model: bool, compiled: bool = False):
+    """One training step; with ``compiled`` the forward and the loss (and so their backward) go through
+    torch.compile, as the runner's compile=true does."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     model.train()
 
-    def step():
+    def forward_loss(x, y):
         if transformers_model:
             logits = model(input_ids=x, use_cache=False).logits
         else:
             logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    fwd = torch.compile(forward_loss) if compiled else forward_loss
+
+    def step():
+        loss = fwd(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -338,28 +346,47 @@ def run_train(a, con: Console):
         con.print("  the counts differ: the groups above say where")
 
     steps = {"ours": train_step_fn(ours, x, y, False), "transformers": train_step_fn(theirs, x, y, True)}
+    if a.compile in ("ours", "both"):
+        steps["ours compiled"] = train_step_fn(ours, x, y, False, compiled=True)
+    if a.compile == "both":
+        steps["transformers compiled"] = train_step_fn(theirs, x, y, True, compiled=True)
+    if a.compile != "none":
+        con.print("torch.compile: the first (warm-up) step of each compiled model compiles it, untimed")
     med, all_times = interleaved(steps, a.steps, a.warmup)
     tok = a.batch * a.seq_len
-    to, tt = tok / med["ours"], tok / med["transformers"]
+    tps = {name: tok / t for name, t in med.items()}
     table = Table(title=f"training tokens/s, median of {a.steps} interleaved steps after {a.warmup} warm-up")
     for col in ("model", "median step s", "min step s", "tokens/s"):
         table.add_column(col, justify="right")
-    table.add_row("ours (HybridLM)", f"{med['ours']:.3f}", f"{min(all_times['ours']):.3f}", f"{to:,.0f}")
-    table.add_row("transformers Qwen3-Next", f"{med['transformers']:.3f}", f"{min(all_times['transformers']):.3f}",
-                  f"{tt:,.0f}")
+    labels = {"ours": "ours (HybridLM)", "transformers": "transformers Qwen3-Next"}
+    for name in steps:
+        label = labels.get(name) or labels[name.split()[0]] + " compiled"
+        table.add_row(label, f"{med[name]:.3f}", f"{min(all_times[name]):.3f}", f"{tps[name]:,.0f}")
     con.print(table)
+    to, tt = tps["ours"], tps["transformers"]
     ratio = to / tt
     con.print(f"ours tokens/s: {to:,.0f}")
     con.print(f"transformers tokens/s: {tt:,.0f}")
-    con.print(f"ratio ours/transformers: {ratio:.2f}x (target >= {a.target:g}x: "
+    con.print(f"ratio ours/transformers (both eager): {ratio:.2f}x (target >= {a.target:g}x: "
               f"{'met' if ratio >= a.target else 'NOT met'})")
+    extra = {}
+    for name in ("ours compiled", "transformers compiled"):
+        if name in tps:
+            extra[name.replace(" ", "_") + "_tokens_per_s"] = tps[name]
+    if "ours compiled" in tps:
+        r = tps["ours compiled"] / tt
+        con.print(f"ratio ours compiled / transformers eager: {r:.2f}x (target >= {a.target:g}x: "
+                  f"{'met' if r >= a.target else 'NOT met'})")
+    if "transformers compiled" in tps:
+        r = tps["ours compiled"] / tps["transformers compiled"]
+        con.print(f"ratio ours compiled / transformers compiled: {r:.2f}x")
     if a.profile or (a.profile_if_below and ratio < a.target):
         rows = components(ours, theirs, a.batch, a.seq_len, a.steps, a.warmup)
         print_components(rows, med["ours"], med["transformers"], con)
         con.print("one training step of ours under torch.profiler (top ops by self CPU time):")
         profile_step(steps["ours"], con)
     return {"ours_tokens_per_s": to, "transformers_tokens_per_s": tt, "ratio": ratio, "params_ours": po,
-            "params_transformers": pt}
+            "params_transformers": pt, **extra}
 
 
 @torch.no_grad()
@@ -434,6 +461,8 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="always print torch.profiler tables of both steps")
     p.add_argument("--no-profile", dest="profile_if_below", action="store_false",
                    help="do not profile when the ratio is below --target")
+    p.add_argument("--compile", default="none", choices=["none", "ours", "both"],
+                   help="also time torch.compile'd training steps: of ours, or of both models")
     p.add_argument("--decode", action="store_true", help="decode time per token vs prefix length instead")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384],
                    help="--decode: prefix lengths")
