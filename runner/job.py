@@ -99,6 +99,10 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
             console.print(f"[bold red]{status}:[/] {type(e).__name__}: {e}")
             if multirun and not isinstance(e, KeyboardInterrupt):
                 return tracker.results
+            from .data import DataUnavailable
+
+            if isinstance(e, DataUnavailable):  # the message above says what to do: no traceback after it
+                raise SystemExit(1) from None
             raise
         if not isinstance(tracker, NullTracker) and tracker.results.get("bench"):
             try:

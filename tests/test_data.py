@@ -171,6 +171,7 @@ def test_cli_without_network_fails_within_seconds(tmp_path, monkeypatch):
     assert p.returncode != 0
     assert "not reachable" in out and "What to do" in out and "data.dataset=/path/to/folder" in out, out[-3000:]
     assert elapsed < 45, elapsed  # interpreter start-up and imports included
+    assert p.returncode == 1 and "Traceback" not in out, out[-3000:]  # the message, not a stack trace
     r = json.loads((tmp_path / "run" / "results.json").read_text())
     assert r["status"] == "failed" and "DataUnavailable" in r["error"]
 
