@@ -45,7 +45,7 @@ SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__"}
 CSV_COLUMNS = [
     "job", "attention", "full", "ratio", "pattern", "layer_types", "full_fraction", "model", "seq_len", "seed",
     "n_params", "status", "error", "train_tokens_per_s", "final_loss", "eval_loss", "ppl", "bpb", "unigram_bpb",
-    "n_common", "decode_ms_per_token", "train_peak_bytes", "state_bytes",
+    "mqar_accuracy", "n_common", "decode_ms_per_token", "train_peak_bytes", "state_bytes",
     *(f"exp_{k}" for k in TIME_KEYS + MEMORY_KEYS),
     "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS),
 ]
@@ -176,6 +176,9 @@ def _job(path: str, sweep_dir: str) -> dict:
         full_fraction=(lt.count("F") / len(lt)) if lt else None,
         train_tokens_per_s=train.get("tokens_per_s"), final_loss=train.get("final_loss"),
         eval_loss=ev.get("loss"), ppl=ev.get("ppl"), bpb=ev.get("bpb"), unigram_bpb=ev.get("unigram_bpb"),
+        mqar_accuracy=(ev.get("mqar") or {}).get("accuracy"),
+        mqar_by_pairs={r["num_kv_pairs"]: r["accuracy"] for r in (ev.get("mqar") or {}).get("by_num_kv_pairs", [])
+                       if isinstance(r, dict) and "num_kv_pairs" in r},
         rows=[r for r in (res.get("bench") or []) if isinstance(r, dict) and r.get("status", "ok") == "ok"
               and _pos(r.get("n"))],
     )
@@ -330,6 +333,16 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
                      *(_f(j[f"exp_{k}"], ".2f") for k in ("train_step_s", "prefill_s", "decode_s_per_token",
                                                           "train_peak_bytes", "state_bytes"))])
     lines += _table(header, rows) + [""]
+
+    recall = [j for j in done if j["mqar_by_pairs"]]
+    if recall:
+        pairs = sorted({k for j in recall for k in j["mqar_by_pairs"]})
+        lines += ["## Recall (MQAR)", "",
+                  "Accuracy on the held-out test examples (full length, every query scored), by number of "
+                  "key-value pairs.", ""]
+        lines += _table(["config", "layers", *(f"{k} pairs" for k in pairs), "all"],
+                        [[j["label"], j["layer_types"], *(_f(j["mqar_by_pairs"].get(k), ".3f") for k in pairs),
+                          _f(j["mqar_accuracy"], ".3f")] for j in recall]) + [""]
 
     if notdone:
         lines += ["## Jobs that did not complete", ""]

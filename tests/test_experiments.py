@@ -172,12 +172,20 @@ def test_scaling_has_sizes_times_softmax_and_3_1():
     assert len({c.model.name for c, _ in _configs("scaling", gpu[1:])}) >= 2
 
 
+# studies whose question needs longer training (recall forms only after ~600 steps of the small model): their
+# comment must say how long a job takes
+LONG = {"mqar": 15_000_000}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_cpu_defaults_stay_small(name):
+    if name in LONG:
+        assert re.search(r"about \d+ min", _text(name)), "a long study must say how long a job takes"
     for cfg, _ in _configs(name):
         assert cfg.model.d_model <= 128 and cfg.model.n_layers <= 8, "a CPU default must be a tiny/small model"
         if "train" in cfg.stages:
-            assert cfg.train.steps * cfg.train.batch_size * cfg.seq_len <= 250_000, "short training on a CPU"
+            assert cfg.train.steps * cfg.train.batch_size * cfg.seq_len <= LONG.get(name, 250_000), \
+                "short training on a CPU"
         if "bench" in cfg.stages:
             assert cfg.bench.lengths[-1] <= 32768
 
@@ -191,3 +199,13 @@ def test_a_study_runs_under_any_launcher(launcher, target):
     cfg = _compose(["experiment=lineup", f"hydra/launcher={launcher}"], hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target) and cfg.hydra.mode.name == "MULTIRUN"
     assert len(cfg.hydra.sweeper.params) >= 1
+
+
+def test_mqar_compares_softmax_hybrids_and_pure_linear_at_8_pairs_length_128():
+    configs = _configs("mqar")
+    kinds = {(frozenset(_mixers(c, lt)), "".join(lt)) for c, lt in configs}
+    assert (frozenset({"softmax"}), "LLLF") in kinds or (frozenset({"softmax"}), "LLLL") in kinds  # all softmax
+    assert (frozenset({"gated_deltanet", "softmax"}), "LLLF") in kinds
+    assert (frozenset({"linear"}), "LLLL") in kinds
+    for c, _ in configs:
+        assert c.data.name == "mqar" and c.seq_len == 128 and 8 in c.data.num_kv_pairs and "mqar" in c.eval.tasks

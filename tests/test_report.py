@@ -304,3 +304,25 @@ def test_run_plots_for_one_run(tmp_path):
     for p in paths:
         check_png(p)
     assert run_plots(fake_results("softmax", "1:0", "LLLL"), str(tmp_path / "empty")) == []
+
+
+def test_report_has_the_mqar_table(tmp_path):
+    """Jobs evaluated on MQAR: a table of accuracy by number of pairs (mixer x pairs) and a CSV column."""
+    sweep = tmp_path / "sweep"
+    for job, att, ratio, lt, accs in (("0_softmax", "softmax", "0:1", "FFFF", {2: 1.0, 4: 0.99, 8: 0.97}),
+                                      ("1_linear", "linear", "1:0", "LLLL", {2: 0.8, 4: 0.5, 8: 0.25})):
+        r = fake_results(att, ratio, lt, bpb=1.0)
+        r["eval"]["mqar"] = {"accuracy": sum(accs.values()) / 3, "by_distance": [],
+                             "by_num_kv_pairs": [{"num_kv_pairs": k, "accuracy": a, "queries": 100}
+                                                 for k, a in accs.items()]}
+        write(sweep, job, r)
+    write(sweep, "2_plain", fake_results("gated_deltanet", "3:1", "LLLF", bpb=2.0))  # no recall eval: no row
+    out = build_report(str(sweep))
+    md = open(out["report_md"]).read()
+    table = md.split("## Recall (MQAR)")[1].split("##")[0]
+    assert "| config | layers | 2 pairs | 4 pairs | 8 pairs | all |" in table
+    assert "| FFFF | 1.000 | 0.990 | 0.970 | 0.987 |" in table and "| LLLL | 0.800 | 0.500 | 0.250 | 0.517 |" in table
+    assert "LLLF" not in table
+    rows = read_csv(out["summary_csv"])
+    assert float(rows["0_softmax"]["mqar_accuracy"]) == pytest.approx(0.98667, abs=1e-4)
+    assert rows["2_plain"]["mqar_accuracy"] == ""
