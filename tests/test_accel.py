@@ -113,10 +113,10 @@ def _heads(t, n):  # q/k heads -> value heads (fla's GVA: value head j reads q/k
 def _delta_rule_loop(q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, per_channel):
     """fla's documented recurrence: S_t = (I - b_t k_t k_t^T) D_t S_{t-1} + b_t k_t v_t^T, o_t = S_t^T (scale q_t),
     D_t = exp(g_t) (per head, gated delta rule) or diag(exp(g_t)) (per key channel, KDA)."""
+    B, T, HV, V = v.shape
+    q, k = _heads(q, HV).float(), _heads(k, HV).float()  # fla computes in float32 whatever the input dtype
     if l2norm:
         q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-    B, T, HV, V = v.shape
-    q, k = _heads(q, HV).float(), _heads(k, HV).float()
     v, g, beta = v.float(), g.float(), beta.float()
     K = q.shape[-1]
     S = initial_state.float() if initial_state is not None else q.new_zeros(B, HV, K, V)
@@ -245,3 +245,21 @@ def test_compiled_training_follows_the_eager_curve(tmp_path):
         curves.append(_curve(run))
     assert len(curves[0]) == 6
     assert max(abs(a - b) for a, b in zip(*curves)) < 1e-5, curves
+
+
+def test_gpu_check_script_runs_its_agreement_checks(fake_fla, capsys):
+    """The prepared GPU check, run here against the stand-in kernels: its inputs and comparisons work (a GPU run
+    then only swaps the kernels), and without CUDA the script itself says so and exits 2."""
+    from runner.benchmarks import gpu_check
+
+    rows = gpu_check.check_ops(torch.device("cpu"), T=80)
+    assert {r["op"] for r in rows} == set(OPS) and {r["dtype"] for r in rows} == {"float32", "bfloat16"}
+    for r in rows:  # bf16: fla reads q, k, v in bf16, so the adapters round what the mixers computed in float32
+        tol = 1e-4 if r["dtype"] == "float32" else 1e-2
+        assert r["out"] < tol and r["state"] < tol and r["grad_max"] < 10 * tol, r
+    for r in gpu_check.check_model(torch.device("cpu"), T=80):
+        tol = 1e-5 if r["precision"] == "fp32" else 1e-3
+        assert r["loss_diff"] / r["loss_torch"] < tol and r["grad_rel"] < 100 * tol, r
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--out", "/dev/null"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python -m runner.benchmarks.e2e                              # small model, LLLF, T=2048, fp32, 2 threads
     python -m runner.benchmarks.e2e --model-size base --batch 1 --steps 5
     python -m runner.benchmarks.e2e --compile both               # also torch.compile'd steps of both models
+    python -m runner.benchmarks.e2e --precision bf16             # both models under bf16 autocast
     python -m runner.benchmarks.e2e --decode                     # decode ms/token after n = 256 .. 16384
 
 Training mode builds two models of the same shape with random weights: ours (runner.model.HybridLM with the
@@ -165,9 +166,10 @@ def param_breakdown(ours, theirs) -> list[tuple[str, int, int]]:
             ("MLPs", o_mlp, t_mlp), ("block norms", o_norm, t_norm)]
 
 
-def train_step_fn(model, x, y, transformers_model: bool, compiled: bool = False):
+def train_step_fn(model, x, y, transformers_model: bool, compiled: bool = False, precision: str = "fp32"):
     """One training step; with ``compiled`` the forward and the loss (and so their backward) go through
-    torch.compile, as the runner's compile=true does."""
+    torch.compile, as the runner's compile=true does; ``precision=bf16`` runs the forward under bf16 autocast
+    (the backward outside it), as the runner's precision=bf16 does."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     model.train()
 
@@ -181,7 +183,8 @@ def train_step_fn(model, x, y, transformers_model: bool, compiled: bool = False)
     fwd = torch.compile(forward_loss) if compiled else forward_loss
 
     def step():
-        loss = fwd(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = fwd(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -345,11 +348,16 @@ def run_train(a, con: Console):
     else:
         con.print("  the counts differ: the groups above say where")
 
-    steps = {"ours": train_step_fn(ours, x, y, False), "transformers": train_step_fn(theirs, x, y, True)}
+    pr = a.precision
+    steps = {"ours": train_step_fn(ours, x, y, False, precision=pr),
+             "transformers": train_step_fn(theirs, x, y, True, precision=pr)}
     if a.compile in ("ours", "both"):
-        steps["ours compiled"] = train_step_fn(ours, x, y, False, compiled=True)
+        steps["ours compiled"] = train_step_fn(ours, x, y, False, compiled=True, precision=pr)
     if a.compile == "both":
-        steps["transformers compiled"] = train_step_fn(theirs, x, y, True, compiled=True)
+        steps["transformers compiled"] = train_step_fn(theirs, x, y, True, compiled=True, precision=pr)
+    if pr == "bf16":
+        con.print("precision: bf16 autocast for both models' forwards (ours keeps the gated delta rule's math in "
+                  "float32; transformers' code runs as autocast casts it)")
     if a.compile != "none":
         con.print("torch.compile: the first (warm-up) step of each compiled model compiles it, untimed")
     med, all_times = interleaved(steps, a.steps, a.warmup)
@@ -461,6 +469,8 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="always print torch.profiler tables of both steps")
     p.add_argument("--no-profile", dest="profile_if_below", action="store_false",
                    help="do not profile when the ratio is below --target")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: both models' forwards under bf16 autocast")
     p.add_argument("--compile", default="none", choices=["none", "ours", "both"],
                    help="also time torch.compile'd training steps: of ours, or of both models")
     p.add_argument("--decode", action="store_true", help="decode time per token vs prefix length instead")

@@ -92,7 +92,7 @@ def check_model(device, T: int = 2048) -> list[dict]:
         res = {}
         for kernels in ("torch", "fla"):
             m = _model("gated_deltanet", "LLLF", 256, 4, 4, kernels, device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss, lm = m(x, targets=x)
             loss.backward()
             res[kernels] = (lm.item(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
