@@ -263,3 +263,18 @@ def test_gpu_check_script_runs_its_agreement_checks(fake_fla, capsys):
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", "/dev/null"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_bf16_training_runs_through_the_hand_written_backwards(tmp_path):
+    """torch.compile traces the ops' backwards under bf16 autocast (they must still see float32 there)."""
+    from test_end_to_end import run_cli
+
+    curves = []
+    for compiled in ("false", "true"):
+        run = tmp_path / compiled
+        p = run_cli(*RUN, "train.steps=3", "precision=bf16", f"compile={compiled}", "stages=[train]",
+                    f"hydra.run.dir={run}")
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        curves.append(_curve(run))
+    assert max(abs(a - b) for a, b in zip(*curves)) < 2e-2, curves

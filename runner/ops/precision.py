@@ -13,8 +13,8 @@ def full_precision(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
-            return fn(*args, **kwargs)
+        # always entered, never skipped on is_autocast_enabled(): under torch.compile the backward is traced
+        # where that query does not see the autocast state the graph will run with
         with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             return fn(*args, **kwargs)
 
