@@ -30,7 +30,7 @@ def test_e2e_prints_both_throughputs_and_ratio():
                      "--steps", "2", "--threads", "1", "--profile")
     ours = _number(r"ours tokens/s: ([\d,]+)", out)
     theirs = _number(r"transformers tokens/s: ([\d,]+)", out)
-    ratio = _number(r"ratio ours/transformers: ([\d.]+)x", out)
+    ratio = _number(r"ratio ours/transformers \(both eager\): ([\d.]+)x", out)
     assert ours > 0 and theirs > 0
     assert ratio == pytest.approx(ours / theirs, rel=0.02)
     # the two models are built to the same shapes: equal parameter counts, group by group
@@ -43,6 +43,20 @@ def test_e2e_prints_both_throughputs_and_ratio():
     # --profile: the per-component table and the profiler's top ops
     assert "its chunked op alone" in out and "Amdahl" in out
     assert "aten::" in out
+
+
+@pytest.mark.slow
+def test_e2e_times_compiled_bf16_steps_side_by_side():
+    out = run_module("runner.benchmarks.e2e", "--model-size", "tiny", "--seq-len", "64", "--batch", "1",
+                     "--steps", "1", "--threads", "1", "--no-profile", "--precision", "bf16", "--compile", "ours",
+                     timeout=600)
+    assert "precision: bf16 autocast for both models" in out
+    ours = _number(r"ours tokens/s: ([\d,]+)", out)
+    theirs = _number(r"transformers tokens/s: ([\d,]+)", out)
+    compiled = _number(r"ours \(HybridLM\) compiled │[^│]+│[^│]+│ +([\d,]+)", out)
+    ratio = _number(r"ratio ours compiled / transformers eager: ([\d.]+)x", out)
+    assert ours > 0 and theirs > 0 and compiled > 0
+    assert ratio == pytest.approx(compiled / theirs, rel=0.02)
 
 
 def test_qwen3_next_config_matches_our_shapes():
