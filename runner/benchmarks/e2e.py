@@ -225,14 +225,14 @@ def profile_step(step, con: Console, rows: int = 20):
           flush=True)
 
 
-def environment() -> str:
+def environment(precision: str = "fp32") -> str:
     policy = os.environ.get("OMP_WAIT_POLICY", "?")
     note = " (torch was imported before this module: the policy in force is the one set then)" if _TORCH_BEFORE else ""
     try:
         load = "load average {:.1f} on {} cores".format(os.getloadavg()[0], os.cpu_count())
     except OSError:
         load = f"{os.cpu_count()} cores"
-    return f"fp32, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}{note}, {load}"
+    return f"{precision}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}{note}, {load}"
 
 
 def _fwd_bwd_layer(fn, x):
@@ -327,7 +327,7 @@ def run_train(a, con: Console):
     lin = next((b.mixer for b, t in zip(ours.blocks, kinds) if t == "L"), None)
     att = next((b.mixer for b, t in zip(ours.blocks, kinds) if t == "F"), None)
     con.print(f"training step (forward + cross-entropy + backward + AdamW), batch {a.batch} x seq_len {a.seq_len}, "
-              f"vocab {VOCAB}; {environment()}")
+              f"vocab {VOCAB}; {environment(a.precision)}")
     con.print(f"model: {a.model_size} d_model={m['d_model']} layers={''.join(kinds)} "
               f"MLP hidden={ours.blocks[0].mlp.down.in_features} tied embeddings={m['tie_embeddings']}")
     if lin is not None:
