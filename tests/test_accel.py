@@ -141,7 +141,8 @@ def _fake_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
 
 
 def _fake_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False, **kw):
-    """S_t = exp(g_t) S_{t-1} + k_t v_t^T (g per step and head, or the constant g_gamma per head), o_t = S_t^T (s q_t)."""
+    """S_t = exp(g_t) S_{t-1} + k_t v_t^T (g per step and head, or the constant g_gamma per head),
+    o_t = S_t^T (scale q_t)."""
     B, T, H, V = v.shape
     q, k, v = q.float(), k.float(), v.float()
     S = initial_state.float() if initial_state is not None else q.new_zeros(B, H, q.shape[-1], V)
@@ -159,8 +160,8 @@ def _fake_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=No
 @pytest.fixture
 def fake_fla(monkeypatch):
     mods = {"fla": types.ModuleType("fla"), "fla.ops": types.ModuleType("fla.ops")}
-    for name, fn_name, fn in (("gated_delta_rule", "chunk_gated_delta_rule", _fake_gdr), ("kda", "chunk_kda", _fake_kda),
-                              ("simple_gla", "chunk_simple_gla", _fake_simple_gla)):
+    for name, fn_name, fn in (("gated_delta_rule", "chunk_gated_delta_rule", _fake_gdr),
+                              ("kda", "chunk_kda", _fake_kda), ("simple_gla", "chunk_simple_gla", _fake_simple_gla)):
         mod = types.ModuleType(f"fla.ops.{name}")
         setattr(mod, fn_name, fn)
         mods[f"fla.ops.{name}"] = mod

@@ -96,8 +96,9 @@ def check_model(device, T: int = 2048) -> list[dict]:
                 loss, lm = m(x, targets=x)
             loss.backward()
             res[kernels] = (lm.item(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
-        rows.append({"precision": precision, "loss_torch": res["torch"][0], "loss_fla": res["fla"][0],
-                     "loss_diff": abs(res["torch"][0] - res["fla"][0]), "grad_rel": rel(res["fla"][1], res["torch"][1])})
+        (lt, gt), (lf, gf) = res["torch"], res["fla"]
+        rows.append({"precision": precision, "loss_torch": lt, "loss_fla": lf, "loss_diff": abs(lt - lf),
+                     "grad_rel": rel(gf, gt)})
     return rows
 
 
@@ -129,7 +130,8 @@ def throughput(device, lengths: list[int], with_fla: bool, steps: int = 3) -> li
                     step()
                 torch.cuda.synchronize()
                 dt = (time.perf_counter() - t0) / steps
-                row.update(status="ok", step_s=dt, tokens_per_s=n / dt, peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+                row.update(status="ok", step_s=dt, tokens_per_s=n / dt,
+                           peak_gb=torch.cuda.max_memory_allocated() / 1e9)
             except Exception as e:  # OOM or a kernel failure is a row, not the end of the check
                 row.update(status=type(e).__name__, reason=str(e)[:200])
             finally:
@@ -159,15 +161,17 @@ def main(argv=None) -> int:
     if why is None:
         report["ops"] = check_ops(device)
         for r in report["ops"]:
-            print(f"{r['op']:<24} {r['dtype']:<9} out {r['out']:.2e}  state {r['state']:.2e}  grads <= {r['grad_max']:.2e}")
+            print(f"{r['op']:<24} {r['dtype']:<9} out {r['out']:.2e}  state {r['state']:.2e}  "
+                  f"grads <= {r['grad_max']:.2e}")
         report["model"] = check_model(device)
         for r in report["model"]:
             print(f"model {r['precision']}: loss torch {r['loss_torch']:.5f} fla {r['loss_fla']:.5f} "
                   f"grad rel {r['grad_rel']:.2e}")
     if not a.skip_throughput:
         report["throughput"] = throughput(device, a.lengths, with_fla=why is None)
-    with open(a.out, "w") as f:
-        json.dump(report, f, indent=1)
+    from runner.track import atomic_write_text
+
+    atomic_write_text(a.out, json.dumps(report, indent=1))
     print(f"written {a.out}")
     return 0
 
