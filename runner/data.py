@@ -39,6 +39,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
+from .track import atomic_write
+
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text", ".json", ".csv", ".tex", ".html")
 DEFAULT_CACHE_DIR = "~/.cache/hybrid-runner"
 BPE_SCHEME = "bytelevel-bpe-v1"  # part of the cache key: bump when the tokenizer recipe changes
@@ -365,17 +367,6 @@ def cache_root(d) -> str:
     return os.path.abspath(os.path.expanduser(d.cache_dir or DEFAULT_CACHE_DIR))
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _pieces(text: str, size: int = 1 << 16) -> list[str]:
     """``text`` cut into consecutive pieces of about ``size`` characters, at line ends where possible."""
     out, i = [], 0
@@ -469,7 +460,7 @@ def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
         else:
             t0 = time.perf_counter()
             tok = train_bpe(train_text, int(d.vocab_size))
-            _atomic_write(tok_path, tok.save)
+            atomic_write(tok_path, tok.save)
             log(f"data: trained BPE ({tok.get_vocab_size():,} tokens) on {corpus.train.numel():,} training bytes in "
                 f"{time.perf_counter() - t0:.1f} s -> {tok_path}")
         t0 = time.perf_counter()
@@ -479,7 +470,7 @@ def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
             n = int(saved["token_bytes"][saved[split].long()].sum())
             if n != raw.numel():
                 raise RuntimeError(f"BPE {split} tokens decode to {n} bytes, not {raw.numel()}: not lossless")
-        _atomic_write(data_path, lambda p: torch.save(saved, p))
+        atomic_write(data_path, lambda p: torch.save(saved, p))
         log(f"data: tokenized {corpus.train.numel() + corpus.val.numel():,} bytes into "
             f"{saved['train'].numel() + saved['val'].numel():,} tokens in {time.perf_counter() - t0:.1f} s -> "
             f"{data_path}")
@@ -543,9 +534,3 @@ def unigram_log2p(counts: torch.Tensor) -> torch.Tensor:
     c = counts.double() + 1.0
     return torch.log2(c / c.sum())
 
-
-def unigram_bits_per_token(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> float:
-    """Cross-entropy (bits/token) on ``val`` of a unigram model fitted on ``train`` with add-one smoothing:
-    the floor any model that learned anything must beat."""
-    logp = unigram_log2p(torch.bincount(train.long(), minlength=vocab_size))
-    return float(-(logp[val.long()]).mean())

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
-from .track import fmt_bytes
+from .track import atomic_write, fmt_bytes
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 DPI = 110
@@ -63,17 +62,7 @@ def _figure(ncols: int, width: float, height: float):
 
 
 def _save(fig, path: str) -> str:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
 

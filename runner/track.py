@@ -8,27 +8,36 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 from rich.table import Table
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Write ``path`` so that a reader (or a resumed run) sees the old file or the new one, never part of one:
+    ``write(tmp)`` writes a temporary file in the same folder, which is flushed to disk and renamed over ``path``;
+    on any failure the temporary file is removed and ``path`` is left as it was."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def _clean(x: Any) -> Any:

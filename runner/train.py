@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .data import Corpus
 from .evaluate import mean_loss
+from .track import atomic_write
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,13 +54,7 @@ def checkpoint_path(run_dir: str) -> str:
 
 def save_checkpoint(path: str, payload: dict) -> None:
     """Atomic: a reader (or a resumed run) sees the previous checkpoint or the new one, never half of one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 @contextmanager
