@@ -33,36 +33,33 @@ LN2 = math.log(2)
 
 
 @torch.no_grad()
-def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Next-token cross-entropy (nats) at every position, (N, T) float64 on the CPU; 0 where y == -100."""
+def per_position(model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``score(logits, targets)`` at every position of the windows x (N, T), run in eval mode in batches of
+    ``batch_size``; (N, T) in ``dtype`` on the CPU."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, x.shape[0], batch_size):
         logits, _ = model(x[i:i + batch_size])
-        yb = y[i:i + batch_size]
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none",
-                              ignore_index=IGNORE)
-        out.append(nll.reshape(yb.shape).double().cpu())
+        out.append(score(logits, y[i:i + batch_size]).to(dtype).cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(y.shape, dtype=torch.float64)
+    return torch.cat(out) if out else torch.zeros(y.shape, dtype=dtype)
 
 
-@torch.no_grad()
+def _nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none",
+                           ignore_index=IGNORE).reshape(y.shape)
+
+
+def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Next-token cross-entropy (nats) at every position, (N, T) float64 on the CPU; 0 where y == -100."""
+    return per_position(model, x, y, batch_size, _nll, torch.float64)
+
+
 def mean_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Mean next-token cross-entropy (nats/token) over all scored positions (targets of -100 are not scored)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, x.shape[0], batch_size):
-        logits, _ = model(x[i:i + batch_size])
-        yb = y[i:i + batch_size]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="sum",
-                               ignore_index=IGNORE)
-        total += loss.item()
-        count += int((yb != IGNORE).sum())
-    model.train(was_training)
-    return total / max(count, 1)
+    return float(token_nll(model, x, y, batch_size).sum()) / max(int((y != IGNORE).sum()), 1)
 
 
 def _bytes_of(corpus, y: torch.Tensor) -> torch.Tensor:
@@ -119,12 +116,15 @@ def evaluate(model, corpus, cfg, device: torch.device, run_dir: Optional[str] = 
             cache[factor] = _Scores(nll, y, _bytes_of(corpus, y))
         return cache[factor]
 
-    out: dict = {"tasks": tasks}
-    if "ppl" in tasks:
+    def headline() -> dict:
         s = scores(1)
         if isinstance(s, str):
             raise ValueError(s)
-        out.update(s.summary(log2p))
+        return s.summary(log2p)
+
+    out: dict = {"tasks": tasks}
+    if "ppl" in tasks:
+        out.update(headline())
     if "extrapolation" in tasks:
         rows = []
         for f in [1] + sorted(set(int(f) for f in ev.extrapolation_factors)):
@@ -150,15 +150,8 @@ def evaluate(model, corpus, cfg, device: torch.device, run_dir: Optional[str] = 
         from .tasks.mqar import evaluate_mqar
 
         out["mqar"] = evaluate_mqar(model, corpus.test, ev.batch_size, device)
-    if "loss" not in out:  # headline numbers from what was scored anyway
-        s = cache.get(1)
-        if isinstance(s, _Scores):
-            out.update(s.summary(log2p))
-        else:
-            s = scores(1)
-            if isinstance(s, str):
-                raise ValueError(s)
-            out.update(s.summary(log2p))
+    if "loss" not in out:  # headline numbers from what was scored anyway (cached), else scored now
+        out.update(headline())
     return out
 
 
@@ -173,16 +166,13 @@ def _positions(scores, L: int, ev, tasks) -> dict:
         T = s.nll.shape[1]
         starts, losses, bpbs, counts = [], [], [], []
         for a in range(0, T, width):
-            sl = slice(a, min(T, a + width))
-            m = s.mask[:, sl]
-            n = int(m.sum())
-            if n == 0:
+            bucket = s.summary(positions=slice(a, min(T, a + width)))
+            if bucket["tokens"] == 0:
                 continue
-            tot = float(s.nll[:, sl][m].sum())
             starts.append(a)
-            losses.append(tot / n)
-            bpbs.append(tot / LN2 / max(1, int(s.bytes[:, sl].sum())))
-            counts.append(n)
+            losses.append(bucket["loss"])
+            bpbs.append(bucket["bpb"])
+            counts.append(bucket["tokens"])
         curves.append({"factor": f, "seq_len": T, "start": starts, "loss": losses, "bpb": bpbs, "tokens": counts})
     return {"bucket_width": width, "train_seq_len": L, "curves": curves}
 

@@ -32,7 +32,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-IGNORE = -100
+from ..evaluate import IGNORE, per_position
 GEN_VERSION = 1  # bump when the generator's output changes
 
 
@@ -229,16 +229,8 @@ def distance_edges(max_distance: int) -> list[int]:
 def evaluate_mqar(model, test: MQARSet, batch_size: int, device: torch.device) -> dict:
     """Accuracy (arg-max over the whole vocabulary equals the value) at every query, overall, by number of pairs
     and by query distance bucket (distance = query position - key position, power-of-two buckets)."""
-    was_training = model.training
-    model.eval()
-    correct = []
-    for i in range(0, len(test), batch_size):
-        x = test.x[i:i + batch_size].long().to(device)
-        y = test.y[i:i + batch_size].long().to(device)
-        logits, _ = model(x)
-        correct.append(((logits.argmax(-1) == y) & (y != IGNORE)).cpu())
-    model.train(was_training)
-    correct = torch.cat(correct) if correct else torch.zeros_like(test.y, dtype=torch.bool)
+    correct = per_position(model, test.x.long().to(device), test.y.long().to(device), batch_size,
+                           lambda logits, y: (logits.argmax(-1) == y) & (y != IGNORE), torch.bool)
     scored = test.y != IGNORE
     ok = correct[scored].double()
     dist = test.distance[scored].long()
