@@ -219,7 +219,9 @@ def validate(cfg: DictConfig | Config) -> dict:
         need(getattr(t, key) >= 0, f"train.{key}={getattr(t, key)} must be >= 0")
     need(c.eval.max_tokens >= 1, f"eval.max_tokens={c.eval.max_tokens} must be >= 1")
     need(c.eval.batch_size >= 1, f"eval.batch_size={c.eval.batch_size} must be >= 1")
-    ev, eval_tasks = c.eval, ("ppl", "extrapolation", "positions", "mqar")
+    from .evaluate import TASKS as eval_tasks
+
+    ev = c.eval
     bad = [t for t in ev.tasks if t not in eval_tasks]
     need(not bad, f"eval.tasks={list(ev.tasks)} has unknown task(s) {bad}; allowed: {list(eval_tasks)}")
     need(len(ev.tasks) > 0, f"eval.tasks is empty; choose from {list(eval_tasks)} (or leave 'eval' out of stages)")

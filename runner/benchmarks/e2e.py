@@ -47,6 +47,8 @@ import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from ..accel import autocast  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONF = os.path.join(ROOT, "conf")
 VOCAB = 256
@@ -183,7 +185,7 @@ def train_step_fn(model, x, y, transformers_model: bool, compiled: bool = False,
     fwd = torch.compile(forward_loss) if compiled else forward_loss
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision, x.device):
             loss = fwd(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from runner.accel import autocast
+
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
@@ -92,7 +94,7 @@ def check_model(device, T: int = 2048) -> list[dict]:
         res = {}
         for kernels in ("torch", "fla"):
             m = _model("gated_deltanet", "LLLF", 256, 4, 4, kernels, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision, device):
                 loss, lm = m(x, targets=x)
             loss.backward()
             res[kernels] = (lm.item(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
@@ -117,7 +119,7 @@ def throughput(device, lengths: list[int], with_fla: bool, steps: int = 3) -> li
                 x = torch.randint(0, 256, (1, n), device=device)
 
                 def step():
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    with autocast(precision, device):
                         loss, _ = fn(x, targets=x)
                     loss.backward()
                     m.zero_grad(set_to_none=True)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runner.ops.backends import chunk_op
+
 State = dict  # dict[str, torch.Tensor]
 
 
@@ -48,8 +50,6 @@ class Mixer(nn.Module):
 
     def chunk_op(self, name: str):
         """The chunked op ``name`` of this mixer's kernel backend (``kernels=``)."""
-        from runner.ops.backends import chunk_op
-
         return chunk_op(name, self.kernels)
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
