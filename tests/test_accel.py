@@ -215,12 +215,6 @@ RUN = ["model=tiny", "seq_len=64", "train.steps=6", "train.batch_size=4", "train
        "data.max_bytes=200000", "threads=1"]
 
 
-def _curve(run_dir):
-    import json
-
-    return [json.loads(line)["loss"] for line in open(run_dir / "metrics.jsonl") if "loss" in json.loads(line)]
-
-
 def test_bf16_run_trains_evaluates_and_benchmarks(tmp_path):
     import json
 
@@ -236,14 +230,14 @@ def test_bf16_run_trains_evaluates_and_benchmarks(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_follows_the_eager_curve(tmp_path):
-    from test_end_to_end import run_cli
+    from test_end_to_end import loss_curve, run_cli
 
     curves = []
     for compiled in ("false", "true"):
         run = tmp_path / compiled
         p = run_cli(*RUN, f"compile={compiled}", "stages=[train]", f"hydra.run.dir={run}")
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-        curves.append(_curve(run))
+        curves.append(loss_curve(run))
     assert len(curves[0]) == 6
     assert max(abs(a - b) for a, b in zip(*curves)) < 1e-5, curves
 
@@ -269,7 +263,7 @@ def test_gpu_check_script_runs_its_agreement_checks(fake_fla, capsys):
 @pytest.mark.slow
 def test_compiled_bf16_training_runs_through_the_hand_written_backwards(tmp_path):
     """torch.compile traces the ops' backwards under bf16 autocast (they must still see float32 there)."""
-    from test_end_to_end import run_cli
+    from test_end_to_end import loss_curve, run_cli
 
     curves = []
     for compiled in ("false", "true"):
@@ -277,5 +271,5 @@ def test_compiled_bf16_training_runs_through_the_hand_written_backwards(tmp_path
         p = run_cli(*RUN, "train.steps=3", "precision=bf16", f"compile={compiled}", "stages=[train]",
                     f"hydra.run.dir={run}")
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-        curves.append(_curve(run))
+        curves.append(loss_curve(run))
     assert max(abs(a - b) for a, b in zip(*curves)) < 2e-2, curves

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from test_end_to_end import ROOT, run_cli
+from test_end_to_end import ROOT, loss_curve, run_cli
 
 RUN = ["attention=softmax", "model=tiny", "seq_len=32", "train.steps=8", "train.batch_size=4", "train.log_every=1",
        "train.eval_every=0", "train.warmup_steps=2", "stages=[train,eval]", "eval.max_tokens=1024",
@@ -30,10 +30,6 @@ def _torchrun(run_dir, *extra):
                            f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in open(run_dir / "metrics.jsonl") if "loss" in json.loads(line)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_single_process(tmp_path, single_run, parallel):
@@ -42,7 +38,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path, single_run, paral
     run = tmp_path / parallel
     p = _torchrun(run, f"parallel={parallel}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    a, b = _losses(single_run), _losses(run)
+    a, b = loss_curve(single_run), loss_curve(run)
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
     r = json.loads((run / "results.json").read_text())

@@ -20,6 +20,12 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, env=env)
 
 
+def loss_curve(run_dir) -> list[float]:
+    """The training losses a run logged to its metrics.jsonl, in order."""
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
 @pytest.mark.parametrize("attention", ["gated_deltanet", "softmax"])
 def test_tiny_run_writes_complete_results(tmp_path, attention):
     out = tmp_path / "run"
