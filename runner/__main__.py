@@ -2,15 +2,11 @@
 sweep with -m."""
 import os
 
-# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made steps 10-100x
-# slower here. Set OMP_WAIT_POLICY=ACTIVE to get the spinning back on a dedicated machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from .config import register  # noqa: E402
-from .job import run  # noqa: E402
+from .config import register
+from .job import run
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mixers import build_mixer
-from .mixers.base import RMSNorm, dtype_bytes
+from .mixers.base import RMSNorm
 
 
 class SwiGLU(nn.Module):

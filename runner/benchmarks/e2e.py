@@ -23,11 +23,11 @@ length n in pieces (the state carried between pieces, never recomputed), then ti
 steps through the mixers' state: constant per token for the linear model, growing with n for softmax
 attention, together with the state bytes of each.
 
-Threads: the OpenMP runtime is asked to let idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``, unless the variable
-is already set) before torch is imported. On a machine whose cores are shared with other work, the default
-(spinning) policy turned every parallel region into a wait for a descheduled thread: single-token decoding of
-the tiny model went from ~1.5 ms to ~900 ms per token, and the depthwise convolutions' backward took seconds.
-Both models run under the same policy; the header prints it together with the load average.
+Threads: idle OpenMP threads spin briefly, then sleep (``GOMP_SPINCOUNT``, set in ``runner/__init__.py`` before
+torch starts, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set). Sleeping at once (PASSIVE) halved the
+speed of both models on a quiet machine; unlimited spinning turned every parallel region into a wait for a
+descheduled thread on a busy one. Both models run under the same setting; the header prints it together with the
+load average.
 """
 from __future__ import annotations
 
@@ -35,19 +35,16 @@ import argparse
 import importlib.util
 import os
 import statistics
-import sys
 import time
 from typing import Optional
 
-_TORCH_BEFORE = "torch" in sys.modules  # then the policy below comes too late for this process
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when the OpenMP runtime starts, i.e. at import torch
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from ..accel import autocast  # noqa: E402
+from .. import openmp_wait_policy
+from ..accel import autocast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONF = os.path.join(ROOT, "conf")
@@ -228,13 +225,11 @@ def profile_step(step, con: Console, rows: int = 20):
 
 
 def environment(precision: str = "fp32") -> str:
-    policy = os.environ.get("OMP_WAIT_POLICY", "?")
-    note = " (torch was imported before this module: the policy in force is the one set then)" if _TORCH_BEFORE else ""
     try:
         load = "load average {:.1f} on {} cores".format(os.getloadavg()[0], os.cpu_count())
     except OSError:
         load = f"{os.cpu_count()} cores"
-    return f"{precision}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}{note}, {load}"
+    return f"{precision}, {torch.get_num_threads()} threads, {openmp_wait_policy()}, {load}"
 
 
 def _fwd_bwd_layer(fn, x):
