@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.ops.backends import chunk_op
+from runner.ops.short_conv import causal_conv1d
 
 State = dict  # dict[str, torch.Tensor]
 
@@ -141,24 +142,9 @@ class ShortConv(nn.Module):
 
     def forward(self, x: torch.Tensor, tail: Optional[torch.Tensor] = None):
         """x: (B, T, C). Returns (y (B, T, C), new_tail (B, C, size - 1))."""
-        B, T, C = x.shape
-        xt = x.transpose(1, 2)  # (B, C, T)
-        if tail is None:
-            tail = xt.new_zeros(B, C, self.size - 1)
-        xp = torch.cat([tail.to(xt.dtype), xt], dim=-1)  # (B, C, size - 1 + T)
-        if T >= 32 and xp.dtype != torch.float64:
-            y = F.conv1d(xp, self.weight, self.bias, groups=C)  # (B, C, T)
-        else:  # decoding and float64: K shifted products beat conv1d's per-call overhead by far on CPU
-            w = self.weight.to(xp.dtype)
-            y = xp[:, :, 0:T] * w[:, :, 0]
-            for i in range(1, self.size):
-                y = y + xp[:, :, i:i + T] * w[:, :, i]
-            if self.bias is not None:
-                y = y + self.bias.to(xp.dtype)[None, :, None]
-        new_tail = xp[:, :, xp.shape[-1] - (self.size - 1):]
-        if self.activation == "silu":
-            y = F.silu(y)
-        return y.transpose(1, 2), new_tail
+        y, new_tail = causal_conv1d(x, self.weight, self.bias, None if tail is None else tail.transpose(1, 2),
+                                    self.activation)
+        return y, new_tail.transpose(1, 2)
 
     def state_bytes(self, batch: int, dtype: torch.dtype = torch.float32) -> int:
         return batch * self.channels * (self.size - 1) * dtype_bytes(dtype)
