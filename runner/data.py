@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
+from .errors import ActionableError
 from .track import atomic_write
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text", ".json", ".csv", ".tex", ".html")
@@ -52,11 +53,11 @@ def _quiet(msg: str) -> None:
     pass
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(ActionableError, RuntimeError):
     """The data cannot be had from here (no network and not cached); the message says what to do."""
 
 
-class DataSettingError(ValueError):
+class DataSettingError(ActionableError, ValueError):
     """A data setting that does not fit the dataset (a missing column or split); the message names the key."""
 
 
@@ -315,10 +316,24 @@ def load_hf(d, log: Log = _quiet) -> Corpus:
             f"data.dataset=/path/to/folder; (3) or train on a local text file: data=text data.path=/path/to/file.txt. "
             f"(the loader said: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
+    def settings_error(e: ValueError, key: str, value, advice: str):
+        """A ValueError of the loader about a config or split name, as the setting to change."""
+        first = (str(e).splitlines()[0] if str(e) else type(e).__name__).rstrip(". ")
+        return DataSettingError(f"{key}={value!r} does not fit {d.dataset!r}: {first}. {advice}")
+
     t0 = time.perf_counter()
     with hub_offline(offline and not local):
         try:
-            train_ds = split_rows(d.train_split)
+            try:
+                train_ds = split_rows(d.train_split)
+            except ValueError as e:
+                msg = str(e).lower()
+                if "config" in msg:
+                    raise settings_error(e, "data.config", d.config, "Choose one of the configs it names, or "
+                                         "data.config=null for a dataset without configs (a local folder)") from e
+                if "split" in msg:
+                    raise settings_error(e, "data.train_split", d.train_split, "Choose an existing split") from e
+                raise
             if d.val_split:
                 try:
                     val_ds = split_rows(d.val_split)

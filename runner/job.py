@@ -19,6 +19,7 @@ from rich.console import Console
 from . import __version__
 from .config import ConfigError, validate
 from .distributed import env_info
+from .errors import ActionableError
 from .track import NullTracker, Tracker, summary_tables
 
 
@@ -99,9 +100,7 @@ def run(cfg: DictConfig, run_dir: str | None = None, multirun: bool | None = Non
             console.print(f"[bold red]{status}:[/] {type(e).__name__}: {e}")
             if multirun and not isinstance(e, KeyboardInterrupt):
                 return tracker.results
-            from .data import DataUnavailable
-
-            if isinstance(e, DataUnavailable):  # the message above says what to do: no traceback after it
+            if isinstance(e, ActionableError):  # the message above says what to do: no traceback after it
                 raise SystemExit(1) from None
             raise
         if not isinstance(tracker, NullTracker) and tracker.results.get("bench"):

@@ -131,6 +131,22 @@ def test_hf_wrong_column_names_the_columns(local_dataset):
         D.load_corpus(_hf(local_dataset, text_field="text"))
 
 
+@pytest.mark.parametrize("override,says", [
+    ("data.text_field=text", ["data.text_field='text'", "'content'"]),
+    ("data.config=wikitext-103-raw-v1", ["data.config='wikitext-103-raw-v1' does not fit", "default"]),
+    ("data.train_split=training", ["data.train_split='training' does not fit", "existing split"]),
+])
+def test_cli_data_setting_errors_say_what_to_change_without_a_stack_trace(local_dataset, tmp_path, override, says):
+    config = [] if "data.config" in override else ["data.config=null"]
+    p = run_cli("data=hf", f"data.dataset={local_dataset}", *config, override, "stages=[train]",
+                f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert all(s in out for s in says), out[-3000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["status"] == "failed" and "DataSettingError" in r["error"]
+
+
 @pytest.mark.parametrize("how", ["probe fails", "HF_HUB_OFFLINE"])
 def test_hf_unreachable_hub_fails_fast_in_process(monkeypatch, how):
     import datasets.config
