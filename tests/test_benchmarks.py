@@ -41,7 +41,7 @@ def test_e2e_prints_both_throughputs_and_ratio():
     assert "layers=LLLF" in out
     assert "GOMP_SPINCOUNT=10000" in out
     # --profile: the per-component table and the profiler's top ops
-    assert "its chunked op alone" in out and "Amdahl" in out
+    assert "its chunked op alone" in out and "Amdahl" in out and "Floor: one linear layer does" in out
     assert "aten::" in out
 
 

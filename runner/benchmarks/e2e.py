@@ -23,11 +23,11 @@ length n in pieces (the state carried between pieces, never recomputed), then ti
 steps through the mixers' state: constant per token for the linear model, growing with n for softmax
 attention, together with the state bytes of each.
 
-Threads: idle OpenMP threads spin briefly, then sleep (``GOMP_SPINCOUNT``, set in ``runner/__init__.py`` before
-torch starts, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set). Sleeping at once (PASSIVE) halved the
-speed of both models on a quiet machine; unlimited spinning turned every parallel region into a wait for a
-descheduled thread on a busy one. Both models run under the same setting; the header prints it together with the
-load average.
+Runtime: idle OpenMP threads spin briefly, then sleep, and glibc malloc keeps freed memory for reuse (both set by
+runner/cpu_runtime.py when the package is imported, unless the user set the variables). Sleeping at once
+(OMP_WAIT_POLICY=PASSIVE) halved the speed of both models on a quiet machine; unlimited spinning turned every
+parallel region into a wait for a descheduled thread on a busy one. Both models run under the same settings; the
+header prints them together with the load average.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from .. import openmp_wait_policy
+from ..cpu_runtime import describe as runtime_settings
 from ..accel import autocast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -229,7 +229,7 @@ def environment(precision: str = "fp32") -> str:
         load = "load average {:.1f} on {} cores".format(os.getloadavg()[0], os.cpu_count())
     except OSError:
         load = f"{os.cpu_count()} cores"
-    return f"{precision}, {torch.get_num_threads()} threads, {openmp_wait_policy()}, {load}"
+    return f"{precision}, {torch.get_num_threads()} threads, {runtime_settings()}, {load}"
 
 
 def _fwd_bwd_layer(fn, x):
@@ -281,7 +281,11 @@ def components(ours, theirs, B: int, T: int, steps: int, warmup: int):
     return rows
 
 
-def print_components(rows, step_ours: float, step_theirs: float, con: Console):
+def print_components(rows, step_ours: float, step_theirs: float, con: Console,
+                     linear_flops: float = 0.0, peak_gflops: float = 0.0):
+    """The per-component table and two bounds on the ratio: with our chunked op free, and with each of our linear
+    layers as fast as its FLOPs (``linear_flops``, forward + backward) at the matmul peak measured in this run
+    while everything else keeps its measured time."""
     table = Table(title="where the step goes: forward + backward of one layer on the same input, medians")
     for col in ("component", "per step", "ours ms", "transf. ms", "ours/transf.", "% of our step",
                 "% of theirs"):
@@ -305,6 +309,15 @@ def print_components(rows, step_ours: float, step_theirs: float, con: Console):
                   f"({100 * n * tt / step_theirs:.0f}% of theirs)"
                   + (f"; if our op took no time at all the ratio would be at most {step_theirs / free:.2f}x"
                      if free > 0 else ""))
+    lin = next(((n, to) for name, n, to, tt in rows if name == "linear layer"), None)
+    if lin is not None and linear_flops > 0 and peak_gflops > 0:
+        n, to = lin
+        at_peak = linear_flops / (peak_gflops * 1e9)
+        floor = step_ours - n * to + n * at_peak
+        con.print(f"Floor: one linear layer does {linear_flops / 1e9:.2f} GFLOP forward + backward, "
+                  f"{at_peak * 1e3:.1f} ms at the matmul peak measured now ({peak_gflops:.0f} GFLOP/s; it takes "
+                  f"{to * 1e3:.1f} ms); with every linear layer at that speed and the rest of our step as measured, "
+                  f"the ratio would be at most {step_theirs / floor:.2f}x")
 
 
 def run_train(a, con: Console):
@@ -386,8 +399,12 @@ def run_train(a, con: Console):
         r = tps["ours compiled"] / tps["transformers compiled"]
         con.print(f"ratio ours compiled / transformers compiled: {r:.2f}x")
     if a.profile or (a.profile_if_below and ratio < a.target):
+        from .timing import matmul_peak_gflops
+
         rows = components(ours, theirs, a.batch, a.seq_len, a.steps, a.warmup)
-        print_components(rows, med["ours"], med["transformers"], con)
+        lin = next((b.mixer for b, t in zip(ours.blocks, ours.layer_types) if t == "L"), None)
+        flops = 3.0 * lin.flops_per_token(a.seq_len) * a.batch * a.seq_len if lin is not None else 0.0
+        print_components(rows, med["ours"], med["transformers"], con, flops, matmul_peak_gflops())
         con.print("one training step of ours under torch.profiler (top ops by self CPU time):")
         profile_step(steps["ours"], con)
     return {"ours_tokens_per_s": to, "transformers_tokens_per_s": tt, "ratio": ratio, "params_ours": po,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from .. import openmp_wait_policy
+from ..cpu_runtime import describe as runtime_settings
 from .timing import matmul_peak_gflops, median_time
 
 OPS = ("gated_delta_rule", "kda", "delta_rule", "linear_attn", "lightning", "ssd")
@@ -132,7 +132,7 @@ def main(argv=None):
     con = Console(width=max(Console().width, 130))
     B, H, D = a.batch, a.heads, a.head_dim
     peak = matmul_peak_gflops()
-    con.print(f"fp32, {a.threads} threads ({openmp_wait_policy()}), B={B} H={H} D={D}; matmul peak measured now: {peak:.1f} GFLOP/s")
+    con.print(f"fp32, {a.threads} threads ({runtime_settings()}), B={B} H={H} D={D}; matmul peak measured now: {peak:.1f} GFLOP/s")
     sdpa = {}
     for T in a.lengths:
         sdpa[T] = median_time(sdpa_fwd_bwd(B, T, H, D), repeats=a.repeats)
