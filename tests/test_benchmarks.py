@@ -102,10 +102,12 @@ def test_e2e_decode_mode_prints_constant_and_growing_state():
 
 
 def test_ops_benchmark_prints_its_table():
-    out = run_module("runner.benchmarks.ops", "--lengths", "64", "128", "--repeats", "1", "--ops",
+    out = run_module("runner.benchmarks.ops", "--lengths", "32", "64", "128", "--repeats", "1", "--ops",
                      "gated_delta_rule", "kda")
     assert "matmul peak" in out
     for op in ("gated_delta_rule", "kda", "sdpa causal"):
         assert op in out
     assert re.search(r"gated_delta_rule\s*│\s*128\s*│\s*[\d.]+", out), out
-    assert "scaling time(T=128) / time(T=64)" in out
+    assert "scaling: time(T=128) / time(T=lo)" in out and "lo=32 (linear 4)" in out and "lo=64 (linear 2)" in out
+    scaling = re.search(r"│\s*kda\s*│\s*([\d.]+)\s*│\s*([\d.]+)\s*│", out.split("scaling:")[1])
+    assert scaling and float(scaling.group(1)) > 0 and float(scaling.group(2)) > 0, out

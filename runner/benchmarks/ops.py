@@ -159,12 +159,16 @@ def main(argv=None):
         table.add_row("sdpa causal", str(T), f"{sdpa[T]:.4f}", f"{gf:.1f}", f"{100 * gf / peak:.0f}%", "-", "-",
                       f"{sdpa[T]:.4f}", "1.000")
     con.print(table)
-    lo, hi = min(a.lengths), max(a.lengths)
-    if hi > lo:
-        con.print(f"scaling time(T={hi}) / time(T={lo}) (linear would be {hi / lo:.1f}):")
-        for op, ts in scaling.items():
-            con.print(f"  {op:18s} {ts[hi] / ts[lo]:.2f}")
-        con.print(f"  {'sdpa causal':18s} {sdpa[hi] / sdpa[lo]:.2f}")
+    hi = max(a.lengths)
+    pairs = [(lo, hi) for lo in sorted(a.lengths) if lo < hi]  # every length against the longest
+    if pairs:
+        table = Table(title=f"scaling: time(T={hi}) / time(T=lo); linear would be {hi}/lo, quadratic its square")
+        table.add_column("op", justify="right")
+        for lo, _ in pairs:
+            table.add_column(f"lo={lo} (linear {hi / lo:g})", justify="right")
+        for op, ts in [*scaling.items(), ("sdpa causal", sdpa)]:
+            table.add_row(op, *(f"{ts[hi] / ts[lo]:.2f}" for lo, _ in pairs))
+        con.print(table)
 
 
 if __name__ == "__main__":
