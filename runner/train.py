@@ -145,6 +145,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
     with stop_requests() as stop, Progress(*columns, console=tracker.console, transient=False) as bar:
         task = bar.add_task("train", total=tc.steps, completed=start, loss="-", tps="-")
+        mark = (start, train_time)  # (steps, training seconds) at the previous log row
         for step in range(start, tc.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, tc)
@@ -168,7 +169,9 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             train_time += time.perf_counter() - t0
             recent = (recent + [lm_val])[-10:]
             done = step + 1
-            tps = done * tokens_per_step / max(train_time, 1e-9)
+            # tokens/s since the previous log row: what the machine does now (a first compiled step, an evaluation
+            # or a slowdown shows where it happens); results.json keeps the average over the whole run
+            tps = (done - mark[0]) * tokens_per_step / max(train_time - mark[1], 1e-9)
             bar.update(task, advance=1, loss=f"{lm_val:.3f}", tps=f"{tps:,.0f}")
             row = None
             if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
@@ -185,6 +188,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                     model.train()
             if row is not None:
                 tracker.log(row)
+                mark = (done, train_time)
             if stop_any > 0:
                 checkpoint(done)
                 raise Interrupted(f"{stop['signal'] or 'a stop request'} at step {done}; checkpoint saved to {ckpt}")

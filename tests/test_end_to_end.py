@@ -49,6 +49,11 @@ def test_tiny_run_writes_complete_results(tmp_path, attention):
     assert r["data"]["fingerprint"] and r["data"]["train_tokens"] > 0
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in c for c in curve) and any(c.get("step") == 6 for c in curve)
+    # each row's tokens/s covers the steps since the previous row: together they add up to the run's time
+    rows = [c for c in curve if "tokens_per_s" in c]
+    before = [0] + [c["tokens"] for c in rows[:-1]]
+    seconds = sum((c["tokens"] - b) / c["tokens_per_s"] for b, c in zip(before, rows))
+    assert seconds == pytest.approx(r["train"]["tokens"] / r["train"]["tokens_per_s"], rel=1e-6)
     assert (out / "checkpoints" / "last.pt").exists()
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
 
