@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import State, apply_rope, dtype_bytes
+from .kv_cache import append_time
 from .mla import MLAConfig, MultiHeadLatentAttention
 from .softmax import causal_mask
 
@@ -149,8 +150,8 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
         qi = xi if q_lat is None else q_lat.detach()
         index_k = self.indexer.keys(xi, rope)  # (B, T, Di)
         if state is not None:
-            latent = torch.cat([state["kv"], latent], dim=1)  # (B, n, r + dr)
-            index_k = torch.cat([state["index_k"], index_k], dim=1)  # (B, n, Di)
+            latent = append_time(state["kv"], latent)  # (B, n, r + dr)
+            index_k = append_time(state["index_k"], index_k)  # (B, n, Di)
 
         sparse = not self.cfg.indexer_warmup and self.index_topk < n
         scores = self.indexer.scores(xi, qi, index_k, rope) if (sparse or self.training) else None  # (B, T, n)

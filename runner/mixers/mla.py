@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .base import Mixer, MixerConfig, RMSNorm, State, apply_rope, dtype_bytes, rope_cos_sin
+from .kv_cache import append_time
 from .softmax import attend
 
 
@@ -141,7 +142,7 @@ class MultiHeadLatentAttention(Mixer):
         start = 0 if state is None else state["kv"].shape[1]
         q, latent, _, _ = self.project(x, start)
         if state is not None:
-            latent = torch.cat([state["kv"], latent], dim=1)  # (B, n, r + dr)
+            latent = append_time(state["kv"], latent)  # (B, n, r + dr)
         y = self.output(q, *self.expand(latent))
         return y, ({"kv": latent} if need_state else None)
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Mixer, MixerConfig, RMSNorm, State, apply_rope, dtype_bytes, rope_cos_sin
+from .kv_cache import append_time
 
 
 @dataclass
@@ -170,8 +171,8 @@ class SoftmaxAttention(Mixer):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if state is not None:
-            k = torch.cat([state["k"], k], dim=1)  # (B, n, Hkv, D)
-            v = torch.cat([state["v"], v], dim=1)
+            k = append_time(state["k"], k)  # (B, n, Hkv, D), written into the cache's spare room
+            v = append_time(state["v"], v)
         o = attend(q, k, v, window=self.window)  # (B, T, H, D)
         if gate is not None:
             o = o * torch.sigmoid(gate)
