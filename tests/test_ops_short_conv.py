@@ -70,6 +70,13 @@ def test_pieces_with_carried_tail_equal_the_whole(T):
     torch.testing.assert_close(tail_whole, x[:, -3:], rtol=0, atol=0)
 
 
+def test_the_tail_is_a_copy_not_a_view_of_the_input():
+    x, w, _, _ = _inputs(1, 50, 4, 4, seed=6, bias=False, tail=False)
+    _, tail = causal_conv1d(x, w)
+    assert tail.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    assert tail.untyped_storage().nbytes() == tail.numel() * tail.element_size()
+
+
 def test_low_precision_inputs_are_computed_in_float32_and_returned_in_their_dtype():
     x, w, _, _ = _inputs(2, 16, 8, 4, seed=5, bias=False, tail=False)
     y16, _ = causal_conv1d(x.to(torch.bfloat16), w.float())

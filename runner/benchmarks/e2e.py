@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from ..cpu_runtime import describe as runtime_settings
 from ..accel import autocast
+from ..cpu_runtime import describe as runtime_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONF = os.path.join(ROOT, "conf")

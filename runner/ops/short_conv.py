@@ -83,8 +83,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     y = _ShortConv.apply(xc, taps, None if bias is None else bias.to(cdt), tc, activation == "silu")
     if K == 1:
         new_tail = x.new_zeros(x.shape[0], 0, x.shape[2])
-    elif x.shape[1] >= K - 1:
-        new_tail = x[:, x.shape[1] - (K - 1):]
+    elif x.shape[1] >= K - 1:  # a copy: a view would keep the whole input alive in a decoding state
+        new_tail = x[:, x.shape[1] - (K - 1):].clone()
     else:
-        new_tail = _padded(x, tail, K)[:, -(K - 1):]
+        new_tail = _padded(x, tail, K)[:, -(K - 1):].clone()
     return y.to(x.dtype), new_tail
