@@ -198,6 +198,8 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console) -> Non
                     model = build()
                     model.load_state_dict(state)
     finally:
+        if not dist_info.is_main:
+            model = None  # the sharded model and its hooks go before the process group does
         distributed.teardown(dist_info)  # only rank 0 goes on to eval and bench
     if not dist_info.is_main:
         return
