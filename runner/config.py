@@ -160,12 +160,6 @@ def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
                 cs.store(group="experiment", name=fn[:-5], node=node, package="_global_")
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def validate(cfg: DictConfig | Config) -> dict:
     """Check every value; raise :class:`ConfigError` listing all problems. Returns derived facts
     (``layer_types``, the resolved mixer configs) for the caller to use."""
@@ -190,14 +184,15 @@ def validate(cfg: DictConfig | Config) -> dict:
     dev = str(c.device)
     need(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
          f"device={dev!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if dev.startswith("cuda"):
-        import torch
+    import torch
 
-        need(torch.cuda.is_available(), f"device={dev!r} but CUDA is not available here; use device=cpu or device=auto")
+    cuda = torch.cuda.is_available()
+    if dev.startswith("cuda"):
+        need(cuda, f"device={dev!r} but CUDA is not available here; use device=cpu or device=auto")
 
     from .accel import problems as accel_problems
 
-    device_type = "cuda" if dev.startswith("cuda") or (dev == "auto" and _cuda_available()) else "cpu"
+    device_type = "cuda" if dev.startswith("cuda") or (dev == "auto" and cuda) else "cpu"
     problems.extend(accel_problems(c, device_type))
 
     if c.resume is not None and not os.path.isdir(os.path.expanduser(c.resume)):

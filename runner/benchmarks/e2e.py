@@ -83,12 +83,16 @@ def build_ours(m: dict, layer_types: list[str], attention: str = "gated_deltanet
                     m["tie_embeddings"], m["init_std"])
 
 
+def first_mixer(model, kind: str):
+    """The mixer of the first layer of ``kind`` ("L" linear, "F" full) in our model, or None."""
+    return next((b.mixer for b, t in zip(model.blocks, model.layer_types) if t == kind), None)
+
+
 def qwen3_next_config(ours):
     """A Qwen3NextConfig with the shapes of our model ``ours`` (a HybridLM of gated_deltanet + gated_attention)."""
     from transformers import Qwen3NextConfig
 
-    lin = next((b.mixer for b, t in zip(ours.blocks, ours.layer_types) if t == "L"), None)
-    att = next((b.mixer for b, t in zip(ours.blocks, ours.layer_types) if t == "F"), None)
+    lin, att = first_mixer(ours, "L"), first_mixer(ours, "F")
     n = len(ours.layer_types)
     kw = dict(vocab_size=ours.vocab_size, hidden_size=ours.d_model,
               intermediate_size=ours.blocks[0].mlp.down.in_features, num_hidden_layers=n,
@@ -334,8 +338,7 @@ def run_train(a, con: Console):
     idx = torch.randint(0, VOCAB, (a.batch, a.seq_len + 1), generator=gen)
     x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
-    lin = next((b.mixer for b, t in zip(ours.blocks, kinds) if t == "L"), None)
-    att = next((b.mixer for b, t in zip(ours.blocks, kinds) if t == "F"), None)
+    lin, att = first_mixer(ours, "L"), first_mixer(ours, "F")
     con.print(f"training step (forward + cross-entropy + backward + AdamW), batch {a.batch} x seq_len {a.seq_len}, "
               f"vocab {VOCAB}; {environment(a.precision)}")
     con.print(f"model: {a.model_size} d_model={m['d_model']} layers={''.join(kinds)} "
@@ -387,10 +390,7 @@ def run_train(a, con: Console):
     con.print(f"transformers tokens/s: {tt:,.0f}")
     con.print(f"ratio ours/transformers (both eager): {ratio:.2f}x (target >= {a.target:g}x: "
               f"{'met' if ratio >= a.target else 'NOT met'})")
-    extra = {}
-    for name in ("ours compiled", "transformers compiled"):
-        if name in tps:
-            extra[name.replace(" ", "_") + "_tokens_per_s"] = tps[name]
+    extra = {name.replace(" ", "_") + "_tokens_per_s": t for name, t in tps.items() if name.endswith(" compiled")}
     if "ours compiled" in tps:
         r = tps["ours compiled"] / tt
         con.print(f"ratio ours compiled / transformers eager: {r:.2f}x (target >= {a.target:g}x: "
@@ -402,7 +402,6 @@ def run_train(a, con: Console):
         from .timing import matmul_peak_gflops
 
         rows = components(ours, theirs, a.batch, a.seq_len, a.steps, a.warmup)
-        lin = next((b.mixer for b, t in zip(ours.blocks, ours.layer_types) if t == "L"), None)
         flops = 3.0 * lin.flops_per_token(a.seq_len) * a.batch * a.seq_len if lin is not None else 0.0
         print_components(rows, med["ours"], med["transformers"], con, flops, matmul_peak_gflops())
         con.print("one training step of ours under torch.profiler (top ops by self CPU time):")

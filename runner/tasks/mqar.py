@@ -33,6 +33,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from ..evaluate import IGNORE, per_position
+
 GEN_VERSION = 1  # bump when the generator's output changes
 
 
