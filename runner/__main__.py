@@ -29,5 +29,10 @@ def _quiet_secondary_ranks() -> None:
 
 
 if __name__ == "__main__":
+    from .stops import exit_code
+
     _quiet_secondary_ranks()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:  # a sweep stopped by SIGINT / SIGTERM (its job recorded 'interrupted')
+        raise SystemExit(exit_code(e)) from None

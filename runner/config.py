@@ -7,6 +7,7 @@ any work starts.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -18,6 +19,11 @@ from .mixers import REGISTRY, make_config
 from .peakmem import METHODS
 
 STAGES = ("train", "eval", "bench")
+WEIGHTS = ("auto", "random")
+MAX_SEED = 2**32 - 1  # numpy's and most samplers' range; torch's generators take it as it is
+# hard caps, far beyond this runner's model sizes (xl: d_model 2048, 24 layers), so that a typo fails here and not
+# after minutes of building; what fits the machine is checked against its memory (runner/fit.py)
+MAX_WIDTH, MAX_LAYERS, MAX_TOKENS = 1 << 16, 1024, 1 << 24
 DATA_SOURCES = ("stdlib", "text", "hf", "mqar")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -108,6 +114,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    init_timeout_s: float = 15.0  # online: give up reaching W&B after this long and log offline instead
 
 
 @dataclass
@@ -128,6 +135,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     resume: Optional[str] = None  # a run folder to continue in (its checkpoint and results); None = this run's folder
+    weights: str = "auto"  # stages without train: auto = the run folder's checkpoint | random = untrained, on purpose
     precision: str = "fp32"  # fp32 | bf16 (bf16 autocast; runner/accel.py)
     compile: bool = False  # torch.compile the training step
     kernels: str = "torch"  # linear mixers' chunked ops: torch (runner/ops) | fla (flash-linear-attention, CUDA)
@@ -170,14 +178,33 @@ def validate(cfg: DictConfig | Config) -> dict:
         if not ok:
             problems.append(msg)
 
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    def whole(key: str, v, lo: int, hi: Optional[int] = None, eg: str = "", why: str = ""):
+        ok = isinstance(v, int) and v >= lo and (hi is None or v <= hi)
+        if not ok:
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            need(False, f"{key}={v} must be a whole number {rng}{why}{', e.g. ' + eg if eg else ''}")
+
     m = c.model
-    need(m.d_model >= 1, f"model.d_model={m.d_model} must be a positive whole number, e.g. 128")
-    need(m.n_layers >= 1, f"model.n_layers={m.n_layers} must be >= 1")
-    need(m.n_heads >= 1, f"model.n_heads={m.n_heads} must be >= 1")
-    need(m.mlp_hidden is None or m.mlp_hidden >= 1, f"model.mlp_hidden={m.mlp_hidden} must be >= 1 or null")
-    need(c.seq_len >= 1, f"seq_len={c.seq_len} must be a positive number of tokens, e.g. 256")
-    need(c.seed >= 0, f"seed={c.seed} must be >= 0")
-    need(c.threads >= 0, f"threads={c.threads} must be >= 0 (0 = torch's default)")
+    whole("model.d_model", m.d_model, 1, MAX_WIDTH, "128")
+    whole("model.n_layers", m.n_layers, 1, MAX_LAYERS, "4")
+    whole("model.n_heads", m.n_heads, 1, max(1, m.d_model), "4", " (at most d_model)")
+    need(m.mlp_hidden is None or (isinstance(m.mlp_hidden, int) and 1 <= m.mlp_hidden <= 16 * MAX_WIDTH),
+         f"model.mlp_hidden={m.mlp_hidden} must be a whole number in [1, {16 * MAX_WIDTH}] or null (8/3 d_model)")
+    need(finite(m.norm_eps) and 0 < m.norm_eps < 1, f"model.norm_eps={m.norm_eps} must be in (0, 1), e.g. 1e-6")
+    need(finite(m.init_std) and 0 < m.init_std <= 1, f"model.init_std={m.init_std} must be in (0, 1], e.g. 0.02")
+    whole("seq_len", c.seq_len, 1, MAX_TOKENS, "256", " (a number of tokens)")
+    whole("seed", c.seed, 0, MAX_SEED, "0")
+    cores = os.cpu_count() or 1
+    whole("threads", c.threads, 0, 4 * cores, "0 (torch's default)",
+          f" (0 = torch's default; this machine has {cores} cores, more threads than 4 per core only thrash)")
+    need(c.weights in WEIGHTS, f"weights={c.weights!r} is not known; allowed: {list(WEIGHTS)} (auto: the run "
+                               f"folder's checkpoint; random: an untrained model, for bench-only runs)")
+    need(not (c.weights == "random" and "train" in c.stages),
+         "weights=random is for stages without train (an untrained model measured on purpose); with train in the "
+         "stages the weights are the trained ones: drop weights=random")
     bad_stages = [s for s in c.stages if s not in STAGES]
     need(not bad_stages, f"stages={list(c.stages)} has unknown stage(s) {bad_stages}; allowed: {list(STAGES)}")
     need(len(c.stages) > 0, f"stages is empty; choose from {list(STAGES)}")
@@ -199,30 +226,38 @@ def validate(cfg: DictConfig | Config) -> dict:
         problems.append(f"resume={c.resume!r} is not a folder; give the folder of the run to continue "
                         f"(it holds results.json and checkpoints/)")
     t = c.train
-    need(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
-    need(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
+    whole("train.steps", t.steps, 1 if "train" in c.stages else 0, None, "300",
+          " (with train in the stages; leave train out of stages to only evaluate or benchmark)")
+    whole("train.batch_size", t.batch_size, 1, 1 << 20, "16")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    need(t.batch_size % world == 0, f"train.batch_size={t.batch_size} (the global batch) must be divisible by the "
-                                    f"{world} processes torchrun started")
-    need(t.lr > 0, f"train.lr={t.lr} must be > 0, e.g. 3e-3")
-    need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
-    need(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps} must be >= 0")
-    need(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
-    need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, f"train.beta1={t.beta1}, train.beta2={t.beta2} must be in [0, 1)")
-    need(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 = no clipping)")
-    for key in ("log_every", "eval_every", "eval_batches", "ckpt_every"):
-        need(getattr(t, key) >= 0, f"train.{key}={getattr(t, key)} must be >= 0")
-    need(c.eval.max_tokens >= 1, f"eval.max_tokens={c.eval.max_tokens} must be >= 1")
-    need(c.eval.batch_size >= 1, f"eval.batch_size={c.eval.batch_size} must be >= 1")
+    need(not isinstance(t.batch_size, int) or t.batch_size % world == 0,
+         f"train.batch_size={t.batch_size} (the global batch) must be divisible by the {world} processes torchrun "
+         f"started")
+    need(finite(t.lr) and 0 < t.lr <= 10, f"train.lr={t.lr} must be in (0, 10], e.g. 3e-3")
+    need(finite(t.min_lr_ratio) and 0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
+    whole("train.warmup_steps", t.warmup_steps, 0, None, "30")
+    need(finite(t.weight_decay) and 0 <= t.weight_decay <= 10,
+         f"train.weight_decay={t.weight_decay} must be in [0, 10], e.g. 0.1")
+    need(finite(t.beta1) and finite(t.beta2) and 0 <= t.beta1 < 1 and 0 <= t.beta2 < 1,
+         f"train.beta1={t.beta1}, train.beta2={t.beta2} must be in [0, 1)")
+    need(finite(t.grad_clip) and t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 = no clipping)")
+    for key in ("log_every", "eval_every", "ckpt_every"):
+        whole(f"train.{key}", getattr(t, key), 0, None, "", " (0 = off)")
+    whole("train.eval_batches", t.eval_batches, 0 if not t.eval_every else 1, 1 << 20, "4",
+          " (with train.eval_every > 0)")
+    whole("eval.max_tokens", c.eval.max_tokens, 1, None, "131072")
+    whole("eval.batch_size", c.eval.batch_size, 1, 1 << 20, "8")
     from .evaluate import TASKS as eval_tasks
 
     ev = c.eval
     bad = [t for t in ev.tasks if t not in eval_tasks]
     need(not bad, f"eval.tasks={list(ev.tasks)} has unknown task(s) {bad}; allowed: {list(eval_tasks)}")
     need(len(ev.tasks) > 0, f"eval.tasks is empty; choose from {list(eval_tasks)} (or leave 'eval' out of stages)")
-    need(len(ev.extrapolation_factors) > 0 and all(f >= 2 for f in ev.extrapolation_factors),
-         f"eval.extrapolation_factors={list(ev.extrapolation_factors)} must be a non-empty list of whole numbers >= 2")
-    need(ev.position_buckets >= 1, f"eval.position_buckets={ev.position_buckets} must be >= 1")
+    need(len(ev.extrapolation_factors) > 0 and all(isinstance(f, int) and 2 <= f <= 1024
+                                                   for f in ev.extrapolation_factors),
+         f"eval.extrapolation_factors={list(ev.extrapolation_factors)} must be a non-empty list of whole numbers in "
+         f"[2, 1024], e.g. [2, 4]")
+    whole("eval.position_buckets", ev.position_buckets, 1, 1 << 20, "32")
     if c.data.name == "mqar":
         need(not {"extrapolation", "positions"} & set(ev.tasks),
              f"eval.tasks={list(ev.tasks)}: extrapolation and positions score text; with data=mqar use "
@@ -232,14 +267,16 @@ def validate(cfg: DictConfig | Config) -> dict:
                                      f"(data.name is {c.data.name!r})")
 
     b = c.bench
-    need(len(b.lengths) > 0 and all(int(n) >= 1 for n in b.lengths),
-         f"bench.lengths={list(b.lengths)} must be a non-empty list of positive lengths, e.g. [256, 1024, 4096]")
+    need(len(b.lengths) > 0 and all(isinstance(n, int) and 1 <= n <= MAX_TOKENS for n in b.lengths),
+         f"bench.lengths={list(b.lengths)} must be a non-empty list of lengths in [1, {MAX_TOKENS}], e.g. "
+         f"[256, 1024, 4096]")
     need(list(b.lengths) == sorted(set(b.lengths)), f"bench.lengths={list(b.lengths)} must be increasing without repeats")
-    need(b.batch_size >= 1, f"bench.batch_size={b.batch_size} must be >= 1")
-    need(b.decode_tokens >= 1, f"bench.decode_tokens={b.decode_tokens} must be >= 1")
-    need(b.repeats >= 1, f"bench.repeats={b.repeats} must be >= 1")
-    need(b.time_budget_s > 0, f"bench.time_budget_s={b.time_budget_s} must be > 0")
-    need(b.memory_budget_gb >= 0, f"bench.memory_budget_gb={b.memory_budget_gb} must be >= 0 (0 = no budget)")
+    whole("bench.batch_size", b.batch_size, 1, 1 << 20, "1")
+    whole("bench.decode_tokens", b.decode_tokens, 1, 1 << 20, "16")
+    whole("bench.repeats", b.repeats, 1, 1000, "3")
+    need(finite(b.time_budget_s) and b.time_budget_s > 0, f"bench.time_budget_s={b.time_budget_s} must be > 0 seconds")
+    need(finite(b.memory_budget_gb) and b.memory_budget_gb >= 0,
+         f"bench.memory_budget_gb={b.memory_budget_gb} must be >= 0 (0 = no budget)")
     need(b.memory in METHODS, f"bench.memory={b.memory!r} is not a measurement method; allowed: {list(METHODS)}")
 
     d = c.data
@@ -248,19 +285,24 @@ def validate(cfg: DictConfig | Config) -> dict:
     if d.tokenizer == "bpe":
         need(d.name != "mqar", "data.tokenizer=bpe does not apply to data=mqar (synthetic token ids); use "
                                "data.tokenizer=bytes")
-        need(257 <= d.vocab_size <= 1_000_000, f"data.vocab_size={d.vocab_size} must be in [257, 1000000] for "
-                                               f"data.tokenizer=bpe (256 byte tokens + merges), e.g. 4096")
-    need(0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1), e.g. 0.1")
-    need(d.max_bytes >= 0, f"data.max_bytes={d.max_bytes} must be >= 0 (0 = no cap)")
+        need(isinstance(d.vocab_size, int) and 257 <= d.vocab_size <= 1_000_000,
+             f"data.vocab_size={d.vocab_size} must be in [257, 1000000] for data.tokenizer=bpe (256 byte tokens + "
+             f"merges), e.g. 4096")
+    need(finite(d.val_fraction) and 0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1), "
+                                                             f"e.g. 0.1")
+    whole("data.max_bytes", d.max_bytes, 0, None, "8000000", " (0 = no cap)")
     if d.name == "hf":
         need(bool(d.dataset), "data=hf needs data.dataset=<a Hub dataset such as wikitext, or a local dataset folder>")
         need(bool(d.text_field), "data.text_field must name the column holding the text, e.g. text")
         need(bool(d.train_split), "data.train_split must name a split, e.g. train")
-        need(d.hub_timeout_s > 0, f"data.hub_timeout_s={d.hub_timeout_s} must be > 0 seconds, e.g. 3")
+        need(finite(d.hub_timeout_s) and 0 < d.hub_timeout_s <= 600,
+             f"data.hub_timeout_s={d.hub_timeout_s} must be in (0, 600] seconds, e.g. 3")
         need(not d.streaming or d.max_bytes > 0, "data.streaming=true reads a dataset row by row: give data.max_bytes "
                                                  "> 0 (how much to read), e.g. data.max_bytes=50000000")
     if d.name == "mqar":
         from .tasks.mqar import check as mqar_check
+
+        whole("data.vocab_size", d.vocab_size, 4, 1_000_000, "8192", " (the MQAR token vocabulary)")
 
         need(len(d.num_kv_pairs) > 0, "data.num_kv_pairs must be a non-empty list, e.g. [2, 4, 8]")
         need(d.test_num_kv_pairs is None or len(d.test_num_kv_pairs) > 0,
@@ -269,10 +311,11 @@ def validate(cfg: DictConfig | Config) -> dict:
             for kv in kvs:
                 why = mqar_check(c.seq_len, kv, d.vocab_size) if c.seq_len >= 1 else None
                 need(why is None, f"data.{key}={list(kvs)} with data.vocab_size={d.vocab_size}, seq_len={c.seq_len}: {why}")
-        need(d.n_train >= 1, f"data.n_train={d.n_train} must be >= 1")
-        need(d.n_test >= 1, f"data.n_test={d.n_test} must be >= 1")
-        need(d.alpha > 0, f"data.alpha={d.alpha} must be > 0 (Zoology: 0.01)")
-        need(d.seed >= 0, f"data.seed={d.seed} must be >= 0")
+        whole("data.n_train", d.n_train, 1, 1 << 28, "100000")
+        whole("data.n_test", d.n_test, 1, 1 << 24, "1000")
+        need(finite(d.alpha) and d.alpha > 0, f"data.alpha={d.alpha} must be > 0 (Zoology: 0.01)")
+        whole("data.seed", d.seed, 0, (MAX_SEED - 1) // 2, "0", " (training examples come from 2*seed, test "
+                                                              "examples from 2*seed+1)")
     if d.name == "text":
         if not d.path:
             problems.append("data=text needs data.path=<a text file or a folder of text files>")
@@ -283,10 +326,12 @@ def validate(cfg: DictConfig | Config) -> dict:
     lg = c.logger
     need(lg.name in LOGGERS, f"logger.name={lg.name!r} is not known; allowed: {list(LOGGERS)}")
     need(lg.mode in WANDB_MODES, f"logger.mode={lg.mode!r} is not known; allowed: {list(WANDB_MODES)}")
+    need(finite(lg.init_timeout_s) and 0 < lg.init_timeout_s <= 600,
+         f"logger.init_timeout_s={lg.init_timeout_s} must be in (0, 600] seconds, e.g. 15")
 
     facts: dict = {}
     try:
-        n_layers = max(1, m.n_layers)
+        n_layers = min(max(1, m.n_layers), MAX_LAYERS)
         facts["layer_types"] = layer_types(n_layers, c.ratio, c.pattern)
     except ValueError as e:
         problems.append(str(e))

@@ -169,9 +169,12 @@ def load_text(path: str, frac: float, max_bytes: int) -> Corpus:
         files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs
                        if f.lower().endswith(TEXT_SUFFIXES))
         if not files:
-            raise ValueError(f"data.path={path!r} holds no text files (looked for {', '.join(TEXT_SUFFIXES)})")
+            raise DataSettingError(f"data.path={path!r} is a folder with no text files in it (looked for files "
+                                   f"ending in {', '.join(TEXT_SUFFIXES)}, in all its subfolders): give a text file "
+                                   f"or a folder that holds some")
     else:
         files = [path]
+    _check_text_files(files, "data.path=" if len(files) == 1 else f"data.path={path!r}: the file ")
     texts = _read_with_datasets(files)
     if len(files) == 1:
         data = texts[0].encode("utf-8")
@@ -182,7 +185,32 @@ def load_text(path: str, frac: float, max_bytes: int) -> Corpus:
         return Corpus(_to_tensor(data[:cut]), _to_tensor(data[cut:]), 256, fp, f"text file {path}",
                       {"train": 1, "val": 1})
     pairs = [(os.path.relpath(f, path), t.encode("utf-8")) for f, t in zip(files, texts)]
+    if not any(data for _, data in pairs):
+        raise DataSettingError(f"data.path={path!r}: its {len(files)} text files are all empty; give text to train on")
     return _split_files(pairs, frac, f"text folder {path}", max_bytes)
+
+
+def _check_text_files(files: list[str], what: str) -> None:
+    """Every file readable, UTF-8 text (not binary), and a single file not empty; else what to do instead."""
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read()
+        except OSError as e:
+            raise DataSettingError(f"{what}{f!r} cannot be read ({e.strerror or e}): check the path and its "
+                                   f"permissions") from None
+        if len(files) == 1 and not data.strip():
+            raise DataSettingError(f"{what}{f!r} is empty ({len(data)} bytes, no text): give a file with text to "
+                                   f"train on")
+        if b"\0" in data[:1 << 20]:
+            raise DataSettingError(f"{what}{f!r} is binary, not text (it holds NUL bytes): give a text file (or "
+                                   f"remove it from the folder)")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataSettingError(
+                f"{what}{f!r} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start} cannot be decoded): "
+                f"convert it, e.g. iconv -f latin1 -t utf-8 {f} > {f}.utf8.txt, or remove it from the folder") from None
 
 
 def _read_with_datasets(files: list[str]) -> list[str]:
@@ -362,8 +390,9 @@ def load_hf(d, log: Log = _quiet) -> Corpus:
                 fail(e)
             raise
     if not train or not val:
-        raise ValueError(f"data=hf: {what} gave {len(train):,} training and {len(val):,} validation bytes from "
-                         f"column {d.text_field!r}; both must be non-empty")
+        raise DataSettingError(f"data=hf: {what} gave {len(train):,} training and {len(val):,} validation bytes "
+                               f"from column {d.text_field!r}; both must be non-empty: check data.text_field, the "
+                               f"splits (data.train_split, data.val_split) and data.max_bytes")
     fp = hashlib.sha256(json.dumps([d.dataset if not local else os.path.basename(name), d.config, d.train_split,
                                     d.val_split, d.text_field]).encode())
     fp.update(hashlib.sha256(train).digest() + hashlib.sha256(val).digest())
@@ -399,8 +428,8 @@ def _decode_utf8(t: torch.Tensor, split: str) -> str:
     try:
         return t.numpy().tobytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"data.tokenizer=bpe needs UTF-8 text, but the {split} split is not valid UTF-8 ({e}); use "
-                         f"data.tokenizer=bytes") from e
+        raise DataSettingError(f"data.tokenizer=bpe needs UTF-8 text, but the {split} split is not valid UTF-8 ({e}); "
+                               f"use data.tokenizer=bytes") from e
 
 
 def train_bpe(text: str, vocab_size: int):
@@ -444,6 +473,16 @@ def _sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
+def _cache_write(path: str, write: Callable[[str], None], log: Log) -> None:
+    """Write a cache entry; a cache folder that cannot be written (read-only, full) costs the next run the
+    tokenization, not this run: say so and go on."""
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        log(f"data: [yellow]cannot write the cache entry {path} ({e.strerror or e}); going on without caching it. "
+            f"Set data.cache_dir to a writable folder to keep it[/]")
+
+
 def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
     """The byte corpus as BPE tokens, through the on-disk cache (tokenizer and tokenized splits)."""
     import tokenizers
@@ -475,7 +514,7 @@ def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
         else:
             t0 = time.perf_counter()
             tok = train_bpe(train_text, int(d.vocab_size))
-            atomic_write(tok_path, tok.save)
+            _cache_write(tok_path, tok.save, log)
             log(f"data: trained BPE ({tok.get_vocab_size():,} tokens) on {corpus.train.numel():,} training bytes in "
                 f"{time.perf_counter() - t0:.1f} s -> {tok_path}")
         t0 = time.perf_counter()
@@ -485,7 +524,7 @@ def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
             n = int(saved["token_bytes"][saved[split].long()].sum())
             if n != raw.numel():
                 raise RuntimeError(f"BPE {split} tokens decode to {n} bytes, not {raw.numel()}: not lossless")
-        atomic_write(data_path, lambda p: torch.save(saved, p))
+        _cache_write(data_path, lambda p: torch.save(saved, p), log)
         log(f"data: tokenized {corpus.train.numel() + corpus.val.numel():,} bytes into "
             f"{saved['train'].numel() + saved['val'].numel():,} tokens in {time.perf_counter() - t0:.1f} s -> "
             f"{data_path}")
@@ -525,8 +564,9 @@ def random_batches(tokens: torch.Tensor, batch: int, seq_len: int, generator: to
     """Endless (x, y) batches of random windows, y shifted by one, drawn with ``generator``."""
     n = tokens.numel() - seq_len - 1
     if n <= 0:
-        raise ValueError(f"the training split has {tokens.numel()} tokens, too few for seq_len={seq_len}; "
-                         f"use a shorter seq_len or more data")
+        raise DataSettingError(f"the training split has {tokens.numel()} tokens, too few for seq_len={seq_len} "
+                               f"(a window needs seq_len + 1 tokens): use a shorter seq_len or more data "
+                               f"(data.max_bytes, data.path)")
     while True:
         starts = torch.randint(0, n + 1, (batch,), generator=generator)
         idx = starts[:, None] + torch.arange(seq_len + 1)[None, :]
@@ -538,7 +578,9 @@ def eval_windows(tokens: torch.Tensor, seq_len: int, max_tokens: int) -> tuple[t
     """Non-overlapping windows covering the first ``max_tokens`` tokens of the split, deterministic."""
     n_win = min((tokens.numel() - 1) // seq_len, max(1, math.ceil(max_tokens / seq_len)))
     if n_win < 1:
-        raise ValueError(f"the validation split has {tokens.numel()} tokens, too few for seq_len={seq_len}")
+        raise DataSettingError(f"the validation split has {tokens.numel()} tokens, too few for seq_len={seq_len} "
+                               f"(a window needs seq_len + 1 tokens): use a shorter seq_len, a larger "
+                               f"data.val_fraction, or more data")
     idx = torch.arange(n_win)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
     chunk = tokens[idx].long()
     return chunk[:, :-1], chunk[:, 1:]

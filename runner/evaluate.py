@@ -119,7 +119,9 @@ def evaluate(model, corpus, cfg, device: torch.device, run_dir: Optional[str] = 
     def headline() -> dict:
         s = scores(1)
         if isinstance(s, str):
-            raise ValueError(s)
+            from .data import DataSettingError
+
+            raise DataSettingError(s)
         return s.summary(log2p)
 
     out: dict = {"tasks": tasks}

@@ -165,8 +165,14 @@ def _job(path: str, sweep_dir: str) -> dict:
     lt = "".join(str(t) for t in lt) if isinstance(lt, list) else str(lt)
     status = str(res.get("status", "unknown"))
     err = res.get("error")
-    if not err and status == "running":
-        err = "no error recorded: the job stopped while running (killed?)"
+    if status == "running":
+        from .run_folder import in_use
+
+        if not in_use(os.path.dirname(path)):  # no process holds the folder: the job died without a word
+            status = "died"
+            err = err or "no outcome recorded and no process holds the folder: the job died (killed?)"
+        elif not err:
+            err = "still running"
     train, ev = res.get("train") or {}, res.get("eval") or {}
     job.update(
         results=res, status=status, error=str(err) if err else "", error_head=error_head(err),

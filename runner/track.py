@@ -5,24 +5,34 @@ half-written file and a run that dies keeps what it finished.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 from typing import Any, Callable, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write ``path`` so that a reader (or a resumed run) sees the old file or the new one, never part of one:
     ``write(tmp)`` writes a temporary file in the same folder, which is flushed to disk and renamed over ``path``;
-    on any failure the temporary file is removed and ``path`` is left as it was."""
+    on any failure the temporary file is removed and ``path`` is left as it was. A writer that fails in its own way
+    when the disk fills up (torch.save raises a RuntimeError about the file position) is reported as the full disk
+    it met (OSError ENOSPC), so that the message can say so."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as e:
+            if not isinstance(e, OSError) and _nearly_full(d):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+            raise
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -30,6 +40,13 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _nearly_full(folder: str, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -52,21 +69,38 @@ def _clean(x: Any) -> Any:
 
 
 class Tracker:
-    """Collects the results of a run and sends them to every sink."""
+    """Collects the results of one attempt on a run folder and sends them to every sink: results.json (through a
+    :class:`runner.run_folder.Record`, which keeps a completed record intact until this attempt completes too),
+    metrics.jsonl (one curve: rows after a resumed checkpoint's step are dropped, a re-evaluation replaces its
+    rows) and W&B."""
 
-    def __init__(self, run_dir: str, config: dict, logger_cfg=None, console: Optional[Console] = None):
+    def __init__(self, run_dir: str, config: dict, logger_cfg=None, console: Optional[Console] = None,
+                 previous: Optional[dict] = None, stages=(), same_weights: bool = True):
+        from .run_folder import Record
+
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.console = console or Console()
-        self.results: dict = {"status": "running", "config": config}
+        self.record = Record(config, previous, stages or config.get("stages") or (), same_weights)
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        self._metrics = open(self.metrics_path, "a")
+        self._metrics = None
+        self._deferred_rows: list[tuple[dict, Optional[str]]] = []  # rows held back until the attempt completes
         self.wandb = None
         if logger_cfg is not None and logger_cfg.name == "wandb":
-            self.wandb = _start_wandb(run_dir, config, logger_cfg)
+            self.wandb = _start_wandb(run_dir, config, logger_cfg, self.console)
+
+    @property
+    def results(self) -> dict:
+        """The record as results.json holds it now."""
+        return self.record.results()
+
+    @property
+    def status(self) -> str:
+        """This attempt's status (the record's may stay 'completed' when an attempt on a completed run fails)."""
+        return self.record.status
 
     def update(self, **fields) -> None:
-        self.results.update(fields)
+        self.record.set(**fields)
         self.save()
 
     def save(self) -> None:
@@ -79,45 +113,77 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.config.update(facts, allow_val_change=True)
 
-    def log(self, row: dict) -> None:
-        """One point of the training curve."""
-        self._metrics.write(json.dumps(_clean(row)) + "\n")
-        self._metrics.flush()
+    def log(self, row: dict, replaces: Optional[str] = None) -> None:
+        """One point of the training curve. ``replaces``: a key (e.g. ``eval_loss``) whose earlier rows this one
+        replaces, so a re-evaluation leaves one row, not two. On a completed record the file changes only when
+        this attempt completes."""
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row.get("step"))
+        if self.record.overlay:
+            self._deferred_rows.append((row, replaces))
+            return
+        self._write_row(row, replaces)
 
-    def trim_metrics(self, last_step: int) -> None:
-        """On resume: drop curve points written after the checkpoint's step (they will be produced again)."""
-        self._metrics.close()
-        keep = []
+    def _write_row(self, row: dict, replaces: Optional[str]) -> None:
+        if replaces is not None:
+            self._rewrite_metrics(lambda r: replaces not in r)
+        if self._metrics is None:
+            self._metrics = open(self.metrics_path, "a")
+        self._metrics.write(json.dumps(_clean(row)) + "\n")
+        self._metrics.flush()
+
+    def _rewrite_metrics(self, keep: Callable[[dict], bool]) -> None:
+        """Rewrite metrics.jsonl atomically with the rows ``keep`` accepts (lines cut short by a kill go)."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if not os.path.exists(self.metrics_path):
+            return
+        rows = []
         with open(self.metrics_path) as f:
             for line in f:
                 try:
-                    if json.loads(line).get("step", 0) <= last_step:
-                        keep.append(line)
+                    if keep(json.loads(line)):
+                        rows.append(line if line.endswith("\n") else line + "\n")
                 except json.JSONDecodeError:
                     pass  # a line cut short by a kill
-        atomic_write_text(self.metrics_path, "".join(keep))
-        self._metrics = open(self.metrics_path, "a")
+        atomic_write_text(self.metrics_path, "".join(rows))
+
+    def trim_metrics(self, last_step: int) -> None:
+        """When training starts or resumes at ``last_step``: drop the curve points written after it (they will be
+        produced again), so the file stays one curve with no step twice."""
+        self._rewrite_metrics(lambda r: r.get("step", 0) <= last_step)
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
         """Record the outcome everywhere. The W&B run is always closed (its summary holds ``status``), also when
-        writing results.json or the summary fails; the first such error is raised after it is closed."""
-        self.results["status"] = status
-        if error:
-            self.results["error"] = error
+        writing results.json or the summary fails; the first such error is raised after it is closed. When the
+        disk is full, the run folder's reserve is released to make room for this last record."""
+        from .run_folder import free_reserve
+
+        self.record.end(status, error)
         try:
-            self.save()
+            if status == "completed":
+                for row, replaces in self._deferred_rows:
+                    self._write_row(row, replaces)
+                self._deferred_rows = []
+            try:
+                self.save()
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                free_reserve(self.run_dir)
+                self.save()
         finally:
             try:
-                self._metrics.close()
+                if self._metrics is not None:
+                    self._metrics.close()
             finally:
                 run, self.wandb = self.wandb, None
                 if run is not None:
                     try:
                         _summarise_wandb(run, self.results)
                     except Exception as e:  # a half-written summary must not hide the run's own outcome
-                        self.console.print(f"[yellow]W&B summary incomplete:[/] {type(e).__name__}: {e}")
+                        self.console.print(f"[yellow]W&B summary incomplete:[/] {type(e).__name__}: {escape(str(e))}")
                     finally:
                         run.finish(exit_code=0 if status == "completed" else 1)
 
@@ -126,30 +192,35 @@ class NullTracker(Tracker):
     """What ranks other than 0 get under torchrun: same interface, writes nothing, prints nothing."""
 
     def __init__(self, run_dir: str, config: dict):
+        from .run_folder import Record
+
         self.run_dir, self.wandb = run_dir, None
         self.console = Console(quiet=True)
-        self.results = {"status": "running", "config": config}
+        self.record = Record(config, None, config.get("stages") or ())
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self._metrics, self._deferred_rows = None, []
 
     def save(self) -> None:
         pass
 
-    def log(self, row: dict) -> None:
+    def log(self, row: dict, replaces: Optional[str] = None) -> None:
         pass
 
     def describe(self, **facts) -> None:
-        self.results.update(facts)
+        self.record.set(**facts)
 
     def trim_metrics(self, last_step: int) -> None:
         pass
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
-        self.results["status"] = status
+        self.record.end(status, error)
 
 
-def _start_wandb(run_dir: str, config: dict, lg):
+def _start_wandb(run_dir: str, config: dict, lg, console: Optional[Console] = None):
     """One W&B run per job, named after the job folder; in a sweep its group is logger.group, or by default the
-    sweep folder (so a sweep's jobs sit together)."""
+    sweep folder (so a sweep's jobs sit together). ``logger.mode=online`` that cannot reach W&B within
+    ``logger.init_timeout_s`` (no network, no API key) falls back to offline with a warning: the run goes on and
+    its W&B files can be synced later (``wandb sync``)."""
     import re
 
     import wandb
@@ -170,10 +241,25 @@ def _start_wandb(run_dir: str, config: dict, lg):
                     group = f"{parent}_{group}"
         except (ValueError, ImportError, AttributeError):  # not under Hydra (tests, scripts)
             group = None
-    return wandb.init(project=lg.project, entity=lg.entity, group=group, mode=lg.mode, dir=run_dir,
-                      name=os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
-                      config=config, tags=tags, reinit="finish_previous",
-                      settings=wandb.Settings(silent=True, console="off"))
+    timeout = float(getattr(lg, "init_timeout_s", 15.0))
+
+    def start(mode: str):
+        return wandb.init(project=lg.project, entity=lg.entity, group=group, mode=mode, dir=run_dir,
+                          name=os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
+                          config=config, tags=tags, reinit="finish_previous",
+                          settings=wandb.Settings(silent=True, console="off", init_timeout=timeout))
+
+    if lg.mode != "online":
+        return start(lg.mode)
+    try:
+        return start("online")
+    except Exception as e:  # noqa: BLE001 - no network, no key, a server error: the run goes on offline
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        (console or Console(stderr=True)).print(
+            f"[yellow]W&B:[/] logger.mode=online could not start within logger.init_timeout_s={timeout:g} s "
+            f"({type(e).__name__}: {escape(first)}); logging offline instead, sync later with: wandb sync "
+            f"{os.path.join(run_dir, 'wandb')}")
+        return start("offline")
 
 
 def _summarise_wandb(run, results: dict) -> None:

@@ -1,30 +1,30 @@
 """Train stage: AdamW with linear warm-up and cosine decay, gradient clipping, periodic validation, a rich
 progress bar, the training curve in metrics.jsonl, and checkpoints that resume exactly.
 
-A checkpoint (``checkpoints/last.pt``, written atomically) holds the model, the optimizer, the step, the data
-sampler's and torch's RNG states and the running statistics, so a resumed run continues bit for bit where the
-interrupted one stopped. Checkpoints are written every ``train.ckpt_every`` steps, at the end, and when the run is
-asked to stop: SIGTERM (preemption) or a first Ctrl-C finish the current step, save, and stop with status
-``interrupted``; a second Ctrl-C stops at once.
+A checkpoint (``checkpoints/last.pt``, written atomically; runner/checkpoint.py) holds the model, the optimizer, the
+step, the data sampler's and torch's RNG states and the running statistics, so a resumed run continues bit for bit
+where the interrupted one stopped. Checkpoints are written every ``train.ckpt_every`` steps, at the end, and when
+the run is asked to stop: SIGTERM (preemption) or a first Ctrl-C finish the current step, save, and stop with
+status ``interrupted`` (runner/stops.py); a second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
 import math
 import os
-import signal
 import time
-from contextlib import contextmanager
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from . import stops
+from .checkpoint import checkpoint_path, identity, load as load_checkpoint, save as save_checkpoint
 from .data import Corpus
+from .errors import ActionableError
 from .evaluate import mean_loss
-from .track import atomic_write
 
 
-class Interrupted(KeyboardInterrupt):
-    """Training stopped on request (SIGINT / SIGTERM) after saving a checkpoint."""
+class NonFiniteLoss(ActionableError, FloatingPointError):
+    pass
 
 
 def lr_at(step: int, cfg) -> float:
@@ -50,57 +50,12 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
-def checkpoint_path(run_dir: str) -> str:
-    return os.path.join(run_dir, "checkpoints", "last.pt")
-
-
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Atomic: a reader (or a resumed run) sees the previous checkpoint or the new one, never half of one."""
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-@contextmanager
-def stop_requests():
-    """SIGTERM and a first SIGINT set a flag checked between steps; a second SIGINT interrupts at once."""
-    flag = {"signal": None}
-
-    def on_term(signum, frame):
-        flag["signal"] = signal.Signals(signum).name
-
-    def on_int(signum, frame):
-        if flag["signal"]:
-            raise KeyboardInterrupt
-        flag["signal"] = "SIGINT"
-
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_int)
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-RESUME_KEYS = ("model", "attention", "full", "ratio", "pattern", "seq_len", "seed", "train", "data", "precision")
-
-
-def training_identity(cfg) -> dict:
-    """The parts of the config a checkpoint must agree with to be resumed."""
-    from omegaconf import OmegaConf
-
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in RESUME_KEYS}
-
-
-def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str, dist_info=None) -> dict:
+def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str, dist_info=None,
+          resume_state: dict | None = None) -> dict:
     """Runs (or resumes) cfg.train.steps optimisation steps; returns the train section of results.json.
-    Under torchrun (``dist_info``) each rank trains on its shard of every global batch; rank 0 writes."""
+    ``resume_state``: the folder's checkpoint, already read and checked (runner/checkpoint.plan); without it the
+    checkpoint is read here (the ranks of a torchrun other than 0). Under torchrun (``dist_info``) each rank trains
+    on its shard of every global batch; rank 0 writes."""
     from . import accel, distributed
 
     dist_info = dist_info or distributed.DistInfo()
@@ -115,20 +70,19 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
     ckpt = checkpoint_path(run_dir)
     tokens_per_step = tc.batch_size * seq_len
     start, recent, train_time, resumed_from = 0, [], 0.0, None
-    if os.path.exists(ckpt):
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        mine, theirs = training_identity(cfg), state.get("identity", {})
-        diff = sorted(k for k in RESUME_KEYS if mine.get(k) != theirs.get(k))
-        if diff:
-            raise ValueError(f"{ckpt} was written by a run with different {', '.join(diff)}; resume it with the same "
-                             f"settings, or choose a new run folder (hydra.run.dir=...)")
+    state = resume_state
+    if state is None and os.path.exists(ckpt):
+        state = load_checkpoint(ckpt, map_location="cpu")  # rank 0 checked its identity (checkpoint.plan)
+    if state is not None:
         distributed.load_full_state(model, state["model"], opt, state["optimizer"])
         gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, recent, train_time = state["step"], state["recent"], state["train_time"]
         resumed_from = start
-        tracker.trim_metrics(start)
         tracker.console.print(f"resuming from {ckpt} at step {start}")
+    state = resume_state = None  # the model and optimizer hold it now
+    tracker.trim_metrics(start)  # one curve: rows of an earlier attempt after this step go
+    saved = {"step": start if resumed_from is not None else None}
     batches = corpus.batches(tc.batch_size, seq_len, gen)  # draws from gen only, so the saved state resumes it
 
     def checkpoint(step):
@@ -137,15 +91,16 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             return
         model_sd, optim_sd = distributed.full_state(model, opt)
         if dist_info.is_main:
-            save_checkpoint(ckpt, {"identity": training_identity(cfg), "model": model_sd, "optimizer": optim_sd,
+            save_checkpoint(ckpt, {"identity": identity(cfg), "model": model_sd, "optimizer": optim_sd,
                                    "step": step, "recent": recent, "train_time": train_time,
                                    "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()})
+        saved["step"] = step
 
     model.train()
     t_start = time.perf_counter()
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
-    with stop_requests() as stop, Progress(*columns, console=tracker.console, transient=False) as bar:
+    with stops.deferred(), Progress(*columns, console=tracker.console, transient=False) as bar:
         task = bar.add_task("train", total=tc.steps, completed=start, loss="-", tps="-")
         mark = (start, train_time)  # (steps, training seconds) at the previous log row
         for step in range(start, tc.steps):
@@ -159,11 +114,14 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                 loss, lm = step_fn(x, targets=y)
             # one collective per step: the global losses, and whether any rank was asked to stop
             loss_val, lm_val, stop_any = distributed.mean_over_ranks(
-                [loss.item(), lm.item(), float(bool(stop["signal"]))], dist_info)
+                [loss.item(), lm.item(), float(bool(stops.pending()))], dist_info)
             if not math.isfinite(loss_val):
-                raise FloatingPointError(
-                    f"non-finite training loss ({loss_val}) at step {step}; the last good checkpoint is kept"
-                    f"{' at step ' + str(start) if os.path.exists(ckpt) else ''}. Try a lower train.lr (now {tc.lr})")
+                kept = (f"the checkpoint of step {saved['step']} is kept ({ckpt}), so a rerun would meet the same "
+                        f"step again" if saved["step"] is not None else "no checkpoint was written")
+                raise NonFiniteLoss(
+                    f"the training loss became {loss_val} at step {step + 1} of {tc.steps}; {kept}. Lower train.lr "
+                    f"(now {tc.lr}), keep train.grad_clip on (now {tc.grad_clip}) or lengthen train.warmup_steps "
+                    f"(now {tc.warmup_steps}), in a new run folder (hydra.run.dir=...)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
@@ -193,14 +151,20 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                 mark = (done, train_time)
             if stop_any > 0:
                 checkpoint(done)
-                raise Interrupted(f"{stop['signal'] or 'a stop request'} at step {done}; checkpoint saved to {ckpt}")
+                signame = stops.take() or "SIGTERM"  # under torchrun another rank may have been the one asked
+                raise stops.Interrupted(signame, f"stopped at step {done} of {tc.steps}; checkpoint saved to "
+                                                 f"{ckpt}: rerun the same command to continue")
             if tc.ckpt_every and done % tc.ckpt_every == 0 and done < tc.steps:
                 checkpoint(done)
-    if tc.steps and start < tc.steps:
-        checkpoint(tc.steps)
+        if start < tc.steps and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteLoss(f"the weights became non-finite in the last steps (the loss was still finite at step "
+                                f"{tc.steps}); nothing was saved after step {saved['step']}. Lower train.lr (now "
+                                f"{tc.lr}) or keep train.grad_clip on (now {tc.grad_clip}), in a new run folder")
+        if tc.steps and start < tc.steps:
+            checkpoint(tc.steps)  # inside: a stop asked for during the last step waits for this checkpoint
     return {"steps": tc.steps, "tokens": tc.steps * tokens_per_step,
             "tokens_per_s": tc.steps * tokens_per_step / max(train_time, 1e-9),
             "final_loss": sum(recent) / len(recent) if recent else None,
             "wall_s": time.perf_counter() - t_start, "resumed_from_step": resumed_from,
-            "parallel": cfg.parallel if dist_info.enabled else None, "sharded": sharded,
+            "parallel": cfg.parallel if dist_info.enabled else None, "sharded": sharded, "precision": cfg.precision,
             "checkpoint": ckpt if tc.steps else None}

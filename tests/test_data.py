@@ -83,7 +83,7 @@ def test_second_cli_run_says_cache_hit(text_file, tmp_path):
     assert any("cache miss" in m for m in first) and not any("cache hit" in m for m in first)
     p = run_cli("data=text", f"data.path={text_file}", "data.tokenizer=bpe", "data.vocab_size=300",
                 f"data.cache_dir={cache}", "model=tiny", "attention=softmax", "seq_len=32", "stages=[eval]",
-                "eval.max_tokens=256", f"hydra.run.dir={tmp_path / 'b'}")
+                "weights=random", "eval.max_tokens=256", f"hydra.run.dir={tmp_path / 'b'}")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "cache hit" in p.stdout and "tokenization skipped" in p.stdout and "trained BPE" not in p.stdout
     r = json.loads((tmp_path / "b" / "results.json").read_text())

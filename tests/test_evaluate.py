@@ -122,7 +122,7 @@ def test_a_real_model_through_every_text_task(tmp_path):
 @pytest.mark.parametrize("overrides,fragment", [
     (["eval.tasks=[ppl,nope]"], "unknown task(s) ['nope']"),
     (["eval.tasks=[]"], "eval.tasks is empty"),
-    (["eval.extrapolation_factors=[1]"], "whole numbers >= 2"),
+    (["eval.extrapolation_factors=[1]"], "whole numbers in [2, 1024]"),
     (["eval.position_buckets=0"], "eval.position_buckets=0"),
 ])
 def test_bad_eval_settings_are_reported(compose, overrides, fragment):

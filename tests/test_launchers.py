@@ -11,7 +11,8 @@ from test_end_to_end import run_cli
 from test_sweep import write_corpus
 
 # the cheapest real job: an untrained tiny model scored on a small local corpus
-EVAL_ONLY = ["model=tiny", "seq_len=32", "stages=[eval]", "eval.max_tokens=256", "threads=1", "data=text"]
+EVAL_ONLY = ["model=tiny", "seq_len=32", "stages=[eval]", "weights=random", "eval.max_tokens=256", "threads=1",
+             "data=text"]
 
 LAUNCHERS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),

@@ -1,0 +1,227 @@
+"""Checkpoints, and which weights a run's stages measure.
+
+``checkpoints/last.pt`` (written atomically) holds the model, the optimizer, the step, the data sampler's and torch's
+RNG states, the running statistics and the *identity*: the settings that made these weights (model, mixers, layout,
+seq_len, seed, data, train, precision).
+
+:func:`plan` decides, before any work, what an attempt's stages run on:
+
+* with ``train`` in the stages: the folder's checkpoint is resumed when its identity matches the command (else the
+  command is refused, naming each differing setting), a finished one is not trained again, and a folder without one
+  trains from step 0;
+* without ``train``: the folder's checkpoint is loaded and its settings are *adopted* (so ``stages=[eval]
+  eval.tasks=[positions]`` in a trained run's folder re-evaluates that run, whatever the defaults say); a setting
+  given on the command line that contradicts the checkpoint is refused; a folder without a checkpoint is refused,
+  since the stages would measure an untrained model, unless ``weights=random`` asks for exactly that.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from .errors import ActionableError
+from .run_folder import changes
+
+IDENTITY_KEYS = ("model", "attention", "full", "ratio", "pattern", "seq_len", "seed", "train", "data", "precision")
+# settings that do not change the weights: they may differ between the attempts on one checkpoint
+FREE_KEYS = ("train.log_every", "train.eval_every", "train.eval_batches", "train.ckpt_every", "data.cache_dir",
+             "data.hub_timeout_s")
+NOT_ADOPTED = ("precision",)  # an evaluation or benchmark may run in another precision than the training did
+
+
+class CorruptCheckpoint(ActionableError):
+    pass
+
+
+class FolderConflict(ActionableError):
+    """What the command asks for does not fit what the run folder holds."""
+
+    exit_code = 2
+
+
+def checkpoint_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints", "last.pt")
+
+
+def save(path: str, payload: dict) -> None:
+    """Atomic: a reader (or a resumed run) sees the previous checkpoint or the new one, never half of one."""
+    import torch
+
+    from .track import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def identity(cfg) -> dict:
+    """The settings a checkpoint's weights come from."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in IDENTITY_KEYS}
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """The checkpoint at ``path``; a damaged or foreign file is an error that says what to do."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+        missing = [k for k in ("model", "optimizer", "step", "identity") if k not in state]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)} in it")
+        return state
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, AttributeError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        from .errors import explain
+
+        if isinstance(e, OSError) and explain(e) is not None:
+            raise explain(e) from None
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        raise CorruptCheckpoint(
+            f"the checkpoint {path} cannot be read ({type(e).__name__}: {first}): it is damaged (a disk that filled "
+            f"up or a copy cut short) or not a checkpoint of this runner. To train this run again from step 0, move "
+            f"it away (mv {path} {path}.damaged) and rerun; or choose another run folder (hydra.run.dir=...)") from None
+
+
+def _differences(theirs: dict, mine: dict) -> dict:
+    return {k: v for k, v in changes(theirs, mine).items()
+            if not any(k == f or k.startswith(f + ".") for f in FREE_KEYS)}
+
+
+def _show(diff: dict, limit: int = 8) -> str:
+    items = [f"{k}: checkpoint {a!r}, this command {b!r}" for k, (a, b) in list(diff.items())[:limit]]
+    more = len(diff) - limit
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
+
+
+def explicit_keys() -> Optional[set]:
+    """The config keys the command line set (``seq_len``, ``model.d_model``, a group such as ``model``), from
+    Hydra's record of the overrides; with ``experiment=NAME``, the keys that study sets. None outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError, AttributeError):
+        return None
+    keys = set()
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        if key == "experiment":
+            keys |= _experiment_keys(o.split("=", 1)[1] if "=" in o else "")
+        elif key and not key.startswith("hydra"):
+            keys.add(key)
+    return keys
+
+
+def _experiment_keys(name: str) -> set:
+    from .config import EXPERIMENTS_DIR
+
+    path = os.path.join(EXPERIMENTS_DIR, f"{name}.yaml")
+    if not os.path.exists(path):
+        return set()
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    keys = set()
+    for d in node.get("defaults") or []:
+        if isinstance(d, dict):
+            keys |= {k.split("/")[-1].strip() for k in d}
+    for k, v in node.items():
+        if k in ("defaults", "hydra"):
+            continue
+        keys |= {f"{k}.{sub}" for sub in v} if isinstance(v, dict) else {k}
+    return keys
+
+
+def _adopt(cfg, key: str, value) -> None:
+    """cfg[key] = value: field by field into a schema section (model, train, data), whole for a free mapping (the
+    mixers' options differ from mixer to mixer) or a plain value."""
+    import dataclasses
+
+    if isinstance(value, dict) and dataclasses.is_dataclass(OmegaConf.get_type(cfg, key)):
+        for sub, v in value.items():
+            cfg[key][sub] = v
+    else:
+        cfg[key] = value
+
+
+@dataclass
+class Plan:
+    """What the stages of one attempt run on."""
+
+    cfg: object  # the config to run: the command's, with a loaded checkpoint's weight settings adopted
+    source: str  # train (trained or resumed in this attempt) | checkpoint (loaded) | random (weights=random)
+    state: Optional[dict] = None  # the loaded checkpoint
+    path: Optional[str] = None
+    same_weights: bool = True  # the previous record's sections were measured on these weights
+    train_done: bool = False  # the checkpoint holds the whole training: nothing left to train
+    adopted: dict = field(default_factory=dict)  # {key: [this command, checkpoint]} taken from the checkpoint
+
+    def describe(self) -> dict:
+        out: dict = {"source": self.source}
+        if self.state is not None:
+            out.update(checkpoint=self.path, step=int(self.state["step"]),
+                       steps=int(self.state["identity"].get("train", {}).get("steps", self.state["step"])))
+        return out
+
+
+def plan(cfg, run_dir: str, previous: Optional[dict], log=print) -> Plan:
+    """Decide (before any work) which weights the stages of this attempt use; refuse what cannot be right."""
+    stages = list(cfg.stages)
+    path = checkpoint_path(run_dir)
+    have = os.path.exists(path)
+    prev_status = (previous or {}).get("status")
+    if "train" in stages:
+        if not have:
+            if prev_status == "completed":
+                raise FolderConflict(
+                    f"{run_dir} holds a completed run but no checkpoint ({path}), so training here would start from "
+                    f"step 0 and replace it: choose another run folder (hydra.run.dir=...)")
+            return Plan(cfg, "train", same_weights=False)
+        state = load(path)
+        diff = _differences(state["identity"], identity(cfg))
+        if diff:
+            raise FolderConflict(
+                f"{path} was written by a run with other settings ({_show(diff)}). To continue that run, rerun it with "
+                f"its own settings (they are under config in {os.path.join(run_dir, 'results.json')}); to evaluate "
+                f"or benchmark it, leave train out of the stages (e.g. stages=[eval]: its settings are then taken "
+                f"from the checkpoint); to train anew, choose another run folder (hydra.run.dir=...)")
+        done = int(state["step"]) >= int(cfg.train.steps)
+        return Plan(cfg, "train", state, path, same_weights=True, train_done=done)
+
+    if cfg.weights == "random":
+        if have:
+            raise FolderConflict(
+                f"weights=random measures an untrained model, but {run_dir} holds a trained checkpoint ({path}): "
+                f"choose another run folder (hydra.run.dir=...), or drop weights=random to measure the trained one")
+        same = (previous or {}).get("weights", {}).get("source") == "random" and not _differences(
+            {k: (previous.get("config") or {}).get(k) for k in IDENTITY_KEYS if k not in NOT_ADOPTED},
+            {k: v for k, v in identity(cfg).items() if k not in NOT_ADOPTED})
+        return Plan(cfg, "random", same_weights=same)
+    if not have:
+        raise FolderConflict(
+            f"stages={stages} without train would measure an untrained model: {run_dir} holds no checkpoint "
+            f"({path}). Add train to the stages (stages=[train,{','.join(stages)}]), point resume= (or "
+            f"hydra.run.dir=) at the folder of a trained run, or set weights=random to measure an untrained model "
+            f"on purpose")
+    state = load(path)
+    theirs, mine = state["identity"], identity(cfg)
+    diff = {k: v for k, v in _differences(theirs, mine).items() if k.split(".")[0] not in NOT_ADOPTED}
+    told = explicit_keys() or set()
+    contradicted = {k: v for k, v in diff.items() if any(k == e or k.startswith(e + ".") for e in told)}
+    if contradicted:
+        raise FolderConflict(
+            f"the checkpoint {path} fixes the model's settings, and this command sets some of them otherwise "
+            f"({_show(contradicted)}). Leave those settings out (the checkpoint's are used), or train a model with "
+            f"them in another run folder (hydra.run.dir=...). To score windows longer than the training length, use "
+            f"eval.tasks=[extrapolation]")
+    cfg = copy.deepcopy(cfg)
+    for k in IDENTITY_KEYS:
+        if k not in NOT_ADOPTED and any(d == k or d.startswith(k + ".") for d in diff):
+            _adopt(cfg, k, theirs[k])
+    if diff:
+        log(f"weights: using the settings of the checkpoint {path}: " + "; ".join(
+            f"{k}={a!r} (this command's default: {b!r})" for k, (a, b) in list(diff.items())[:8]))
+    return Plan(cfg, "checkpoint", state, path, same_weights=True, adopted=diff)
