@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 
 from .config import register
 from .job import run
+from .paths import CONF_DIR
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 register()
 

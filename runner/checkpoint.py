@@ -118,7 +118,7 @@ def explicit_keys() -> Optional[set]:
 
 
 def _experiment_keys(name: str) -> set:
-    from .config import EXPERIMENTS_DIR
+    from .paths import EXPERIMENTS_DIR
 
     path = os.path.join(EXPERIMENTS_DIR, f"{name}.yaml")
     if not os.path.exists(path):

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .layout import layer_types
 from .mixers import REGISTRY, make_config
+from .paths import CONF_DIR, EXPERIMENTS_DIR
 from .peakmem import METHODS
 
 STAGES = ("train", "eval", "bench")
@@ -34,7 +35,7 @@ class ModelConfig:
     name: str = "small"
     d_model: int = 128
     n_layers: int = 4
-    n_heads: int = 4
+    n_heads: int = 2
     mlp_hidden: Optional[int] = None  # SwiGLU hidden width; None = 8/3 * d_model rounded up to a multiple of 16
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -150,10 +151,6 @@ class ConfigError(ValueError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS_DIR = os.path.join(ROOT, "experiments")
-
-
 def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
     """Register the schema, and every experiments/<name>.yaml as option <name> of the `experiment` group
     (package _global_: a study sets any key, overrides groups and may declare its own sweep)."""
@@ -166,6 +163,26 @@ def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
             if fn.endswith(".yaml"):
                 node = OmegaConf.load(os.path.join(experiments_dir, fn))
                 cs.store(group="experiment", name=fn[:-5], node=node, package="_global_")
+
+
+def compose_config(overrides=()) -> DictConfig:
+    """The configuration ``python -m runner <overrides>`` would run (conf/ + experiments/ + the overrides), for the
+    tools that build models outside a run (the memory calculator, the benchmarks, the GPU check). Works inside a
+    Hydra app too: its global state is put back afterwards."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    gh = GlobalHydra.instance()
+    saved = gh.hydra if gh.is_initialized() else None
+    gh.clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    finally:
+        gh.clear()
+        if saved is not None:
+            gh.initialize(saved)
 
 
 def validate(cfg: DictConfig | Config) -> dict:

@@ -54,18 +54,9 @@ def vocab_size(cfg) -> int:
 
 
 def count_params(cfg, layer_types) -> int:
-    import torch
-    from omegaconf import OmegaConf
+    from .model import build_model
 
-    from .model import HybridLM
-
-    m = cfg.model
-    with torch.device("meta"):
-        model = HybridLM(vocab_size(cfg), m.d_model, m.n_heads, layer_types,
-                         OmegaConf.to_container(cfg.attention, resolve=True),
-                         OmegaConf.to_container(cfg.full, resolve=True), m.mlp_hidden, m.norm_eps,
-                         m.tie_embeddings, m.init_std)
-    return model.n_params()
+    return build_model(cfg, vocab_size(cfg), layer_types, device="meta").n_params()
 
 
 def problem(cfg, facts: dict, device_type: str) -> Optional[str]:

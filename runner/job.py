@@ -263,7 +263,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     from .bench import run_bench, scaling
     from .data import load_corpus
     from .evaluate import describe as describe_eval, evaluate
-    from .model import HybridLM
+    from .model import build_model
     from .train import train
 
     where = where if where is not None else {}
@@ -287,19 +287,16 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
         console.print("note: add eval.tasks=[ppl,mqar] for the recall accuracy by number of pairs and by distance")
 
     m = cfg.model
-    attention = OmegaConf.to_container(cfg.attention, resolve=True)
-    full = OmegaConf.to_container(cfg.full, resolve=True)
 
     def build():
-        return HybridLM(corpus.vocab_size, m.d_model, m.n_heads, facts["layer_types"], attention, full,
-                        m.mlp_hidden, m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels).to(device)
+        return build_model(cfg, corpus.vocab_size, facts["layer_types"], device)
 
     where["stage"] = "model"
     model = build()
     tracker.describe(layer_types=facts["layer_types"], n_params=model.n_params(),
                      n_params_non_embedding=model.n_params(embeddings=False))
     console.print(f"model: {m.name} d_model={m.d_model} layers={''.join(facts['layer_types'])} "
-                  f"({attention['name']} + {full['name']}), {model.n_params():,} parameters")
+                  f"({cfg.attention.name} + {cfg.full.name}), {model.n_params():,} parameters")
 
     state = plan.state if plan is not None else None
     step = int(state["step"]) if state is not None else (cfg.train.steps if "train" in cfg.stages else 0)

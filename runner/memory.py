@@ -36,13 +36,13 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from .paths import CONF_DIR as CONF
+
 PARTS = ("kv", "latent", "matrix", "conv", "normaliser")
 PART_NAMES = {"kv": "K/V cache", "latent": "MLA latent + rope key", "matrix": "matrix state",
               "conv": "conv tails", "normaliser": "normaliser"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONF = os.path.join(ROOT, "conf")
 
 
 def dtype_of(dtype) -> torch.dtype:
@@ -323,24 +323,6 @@ OURS_DEFAULTS = {"model": "small", "attention": "gated_deltanet", "full": "gated
                  "pattern": None}
 
 
-def _load_yaml(path: str) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
-def _mixer_spec(group: str, name: str) -> dict:
-    from .mixers import REGISTRY
-
-    if name not in REGISTRY:
-        raise ValueError(f"{group}={name!r} is not a known mixer; known: {', '.join(REGISTRY)}")
-    for g in (group, "attention", "full"):
-        path = os.path.join(CONF, g, f"{name}.yaml")
-        if os.path.exists(path):
-            return _load_yaml(path)
-    return {"name": name}
-
-
 def available_mixers() -> list:
     """Registered mixers whose module exists in this checkout."""
     import importlib.util
@@ -375,34 +357,56 @@ def parse_ours(text: str) -> dict:
     return spec
 
 
+def _override_value(v) -> str:
+    """A Python value as a Hydra override's value."""
+    import json
+
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return json.dumps(v)
+
+
 def build_ours(spec: Union[str, Mapping], vocab_size: int = 256):
-    """Build the HybridLM described by ``spec`` (see :func:`parse_ours`) on the meta device."""
+    """Build the HybridLM described by ``spec`` (see :func:`parse_ours`) on the meta device, from the configuration
+    ``python -m runner`` would compose for the same choices (runner.config.compose_config, runner.model.build_model)."""
+    from hydra.errors import HydraException
+
+    from .config import compose_config
     from .layout import layer_types
-    from .model import HybridLM
+    from .mixers import REGISTRY
+    from .model import build_model
 
     spec = parse_ours(spec) if isinstance(spec, str) else {**parse_ours(""), **dict(spec)}
-    model_path = os.path.join(CONF, "model", f"{spec['model']}.yaml")
-    if not os.path.exists(model_path):
-        sizes = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "model")) if f.endswith(".yaml"))
-        raise ValueError(f"model={spec['model']!r} has no conf/model/{spec['model']}.yaml; sizes: {', '.join(sizes)}")
-    m = _load_yaml(model_path)
-    attention = {**_mixer_spec("attention", spec["attention"]), **spec.get("attention_options", {})}
-    full = {**_mixer_spec("full", spec["full"]), **spec.get("full_options", {})}
-    kinds = layer_types(int(m["n_layers"]), spec["ratio"] or "3:1", spec["pattern"])
     present = available_mixers()
-    needed = ([("attention", attention)] if "L" in kinds else []) + ([("full", full)] if "F" in kinds else [])
-    for group, mixer in needed:
-        if mixer["name"] not in present:
-            raise ValueError(f"{group}={mixer['name']!r} is registered but its module is not in runner/mixers/ "
+    for group in ("attention", "full"):
+        if spec[group] not in REGISTRY:
+            raise ValueError(f"{group}={spec[group]!r} is not a known mixer; known: {', '.join(REGISTRY)}")
+        if spec[group] not in present:
+            raise ValueError(f"{group}={spec[group]!r} is registered but its module is not in runner/mixers/ "
                              f"of this checkout, so it cannot be built; mixers present: {', '.join(present)}")
+    overrides = [f"model={spec['model']}", f"attention={spec['attention']}", f"full={spec['full']}",
+                 f"ratio={spec['ratio'] or '3:1'}"] + ([f"pattern={spec['pattern']}"] if spec["pattern"] else [])
+    for group in ("attention", "full"):
+        overrides += [f"++{group}.{k}={_override_value(v)}" for k, v in spec.get(f"{group}_options", {}).items()]
+    sizes = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "model")) if f.endswith(".yaml"))
+    if spec["model"] not in sizes:
+        raise ValueError(f"model={spec['model']!r} has no conf/model/{spec['model']}.yaml; sizes: {', '.join(sizes)}")
     try:
-        with torch.device("meta"):
-            model = HybridLM(vocab_size, int(m["d_model"]), int(m["n_heads"]), kinds, attention, full,
-                             m.get("mlp_hidden"), m.get("norm_eps", 1e-6), m.get("tie_embeddings", True))
+        cfg = compose_config(overrides)
+        kinds = layer_types(cfg.model.n_layers, cfg.ratio, cfg.pattern)
+    except (HydraException, ValueError) as e:
+        raise ValueError(f"--ours {','.join(overrides)}: {str(e).splitlines()[0]}") from None
+    try:
+        model = build_model(cfg, vocab_size, kinds, device="meta")
     except (ValueError, TypeError) as e:
-        raise ValueError(f"cannot build model={spec['model']} attention={attention['name']} full={full['name']}: {e}")
+        raise ValueError(f"cannot build model={spec['model']} attention={cfg.attention.name} full={cfg.full.name}: "
+                         f"{e}")
     except (RuntimeError, NotImplementedError) as e:
-        raise ValueError(f"model={spec['model']} attention={attention['name']} full={full['name']} cannot be built "
+        raise ValueError(f"model={spec['model']} attention={cfg.attention.name} full={cfg.full.name} cannot be built "
                          f"on the meta device (a mixer's constructor needs real tensor values): {e}")
     return model, spec
 

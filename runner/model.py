@@ -59,10 +59,9 @@ class HybridLM(nn.Module):
         blocks = []
         for i, kind in enumerate(self.layer_types):
             spec = attention if kind == "L" else full
-            blocks.append(Block(d_model, build_mixer(spec, d_model, n_heads, layer_idx=i, n_layers=n), hidden, norm_eps))
+            mixer = build_mixer(spec, d_model, n_heads, layer_idx=i, n_layers=n, kernels=kernels)
+            blocks.append(Block(d_model, mixer, hidden, norm_eps))
         self.blocks = nn.ModuleList(blocks)
-        for block in blocks:  # the backend of the linear mixers' chunked ops (runner/ops/backends.py)
-            block.mixer.kernels = kernels
         self.norm = RMSNorm(d_model, norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self._init(init_std, n)
@@ -70,15 +69,15 @@ class HybridLM(nn.Module):
             self.head.weight = self.embed.weight
 
     def _init(self, std: float, n_layers: int):
-        """GPT-2 style: N(0, std) for projections and embeddings, output projections of each residual branch
-        scaled by 1/sqrt(2 n_layers). Mixer-specific parameters (decays, gates, norms, convs) keep the mixers'
-        own initialisation."""
+        """GPT-2 style: N(0, std) for projections and embeddings, output projections of each residual branch (the
+        mixers' ``residual_out`` and the MLP's ``down``) scaled by 1/sqrt(2 n_layers). Mixer-specific parameters
+        (decays, gates, norms, convs) keep the mixers' own initialisation."""
         nn.init.normal_(self.embed.weight, std=std)
         for block in self.blocks:
+            last = {f"mixer.{n}" for n in block.mixer.residual_out} | {"mlp.down"}
             for name, mod in block.named_modules():
                 if isinstance(mod, nn.Linear):
-                    last = name.endswith(("out_proj", "o_proj", "down"))
-                    nn.init.normal_(mod.weight, std=std / math.sqrt(2 * n_layers) if last else std)
+                    nn.init.normal_(mod.weight, std=std / math.sqrt(2 * n_layers) if name in last else std)
                     if mod.bias is not None:
                         nn.init.zeros_(mod.bias)
 
@@ -103,7 +102,7 @@ class HybridLM(nn.Module):
 
     def aux_loss(self) -> Optional[torch.Tensor]:
         """Sum of the mixers' auxiliary losses from the last forward (e.g. the sparse-attention indexer's KL)."""
-        losses = [m.aux_loss for m in self.mixers if getattr(m, "aux_loss", None) is not None]
+        losses = [m.aux_loss for m in self.mixers if m.aux_loss is not None]
         return torch.stack(losses).sum() if losses else None
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,3 +129,29 @@ class HybridLM(nn.Module):
         """Forward FLOPs of one token at context n: mixers + MLPs + head."""
         mlp = sum(2 * sum(p.numel() for p in b.mlp.parameters()) for b in self.blocks)
         return sum(m.flops_per_token(n) for m in self.mixers) + mlp + 2 * self.d_model * self.vocab_size
+
+
+def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = None, device=None) -> HybridLM:
+    """The model a composed configuration describes (``model``, ``attention``, ``full``, ``ratio`` / ``pattern``,
+    ``kernels``): the one builder of every caller (runs, torchrun, the memory calculator, the benchmarks, the GPU
+    check, the memory check before a run). ``layer_types`` defaults to the layout of ``ratio`` / ``pattern``;
+    ``device="meta"`` builds it without memory (for counting)."""
+    from omegaconf import OmegaConf
+
+    from .layout import layer_types as layout
+
+    m = cfg.model
+    kinds = list(layer_types) if layer_types is not None else layout(m.n_layers, cfg.ratio, cfg.pattern)
+
+    def spec(node) -> dict:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+
+    def make():
+        return HybridLM(vocab_size, m.d_model, m.n_heads, kinds, spec(cfg.attention), spec(cfg.full), m.mlp_hidden,
+                        m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels)
+
+    if str(device) == "meta":
+        with torch.device("meta"):
+            return make()
+    model = make()  # initialised on the CPU from torch's CPU generator, then moved: the same weights on any device
+    return model.to(device) if device is not None else model

@@ -5,7 +5,7 @@ deeper) and writes, beside the jobs:
 
 - ``summary.csv``: one row per job (also failed ones, with the head of their error and whatever they finished);
 - ``report.md``: the comparison table in human units, the jobs that did not complete with their errors, the
-  crossover n of each configuration against the all-softmax model of the same size and seq_len, the Pareto
+  crossover n of each configuration against the all-full model of the same size and seq_len, the Pareto
   front, and links to the plots;
 - ``memory_vs_n.png``, ``time_vs_n.png``, ``quality_vs_ratio.png``, ``tradeoff.png`` (runner/plots.py).
 
@@ -245,13 +245,32 @@ def _at(job: dict, n: Optional[int], key: str):
     return None
 
 
+def _all_full(job: dict) -> Optional[str]:
+    """The mixer of a job whose every layer is one quadratic (full-attention) mixer, else None."""
+    from .mixers import REGISTRY
+
+    used = _mixers(job)
+    if job["layer_types"] and len(used) == 1:
+        name = next(iter(used))
+        if name in REGISTRY and REGISTRY[name][3]:
+            return name
+    return None
+
+
 def _baselines(jobs: list[dict]) -> dict:
-    """(model, seq_len) -> the first completed job whose every layer is softmax attention."""
+    """(model, seq_len, full mixer) -> the first completed all-full job of that mixer with bench rows."""
     out = {}
     for j in jobs:
-        if j["ok"] and j["rows"] and j["layer_types"] and _mixers(j) == {"softmax"}:
-            out.setdefault((j["model"], j["seq_len"]), j)
+        if j["ok"] and j["rows"] and _all_full(j):
+            out.setdefault((j["model"], j["seq_len"], _all_full(j)), j)
     return out
+
+
+def _baseline_of(job: dict, bases: dict) -> Optional[dict]:
+    """A job's baseline: the all-full model of the full mixer it uses (or would use), of the same size and seq_len;
+    else the all-softmax one."""
+    key = (job["model"], job["seq_len"])
+    return bases.get((*key, job["full"])) or bases.get((*key, "softmax"))
 
 
 # ------------------------------------------------------------------------------------------------- output
@@ -361,15 +380,16 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
                 lines += [f"<details><summary>{_md(j['job'])}: full error</summary>", "", "```", text, "```", "",
                           "</details>", ""]
 
-    lines += ["## Crossover against the all-softmax model", ""]
+    lines += ["## Crossover against the all-full model", ""]
     if crossings:
-        lines += ["The context length n from which each configuration costs less than the all-softmax model of "
-                  "the same size and seq_len (interpolated in log-log between ladder points; '≤ n' cheaper from "
-                  "the first common n, '> n' not cheaper within the ladder).", ""]
+        lines += ["The context length n from which each configuration costs less than the all-full model (every "
+                  "layer the full mixer it uses, else all softmax) of the same size and seq_len (interpolated in "
+                  "log-log between ladder points; '≤ n' cheaper from the first common n, '> n' not cheaper within "
+                  "the ladder).", ""]
         lines += _table(["config", "baseline", *(name for _, name in CROSSOVER_KEYS)],
                         [[c["label"], c["baseline"], *c["text"]] for c in crossings]) + [""]
     else:
-        lines += ["No pair to compare: the sweep has no completed all-softmax job with bench results and another "
+        lines += ["No pair to compare: the sweep has no completed all-full job with bench results and another "
                   "completed job of the same model and seq_len.", ""]
 
     if front:
@@ -416,8 +436,8 @@ def build_report(sweep_dir: str) -> dict:
     bases = _baselines(jobs)
     for j in jobs:
         j["baseline"] = None
-        base = bases.get((j["model"], j["seq_len"]))
-        if not (j["ok"] and j["rows"]) or base is None or base is j or _mixers(j) == {"softmax"}:
+        base = _baseline_of(j, bases)
+        if not (j["ok"] and j["rows"]) or base is None or base is j or _all_full(j):
             continue
         j["baseline"] = base["job"]
         text = []

@@ -25,3 +25,18 @@ def test_every_mixer_runs_every_stage(compose, tmp_path, attention, ratio):
     quadratic_layers = ratio == "3:1" or REGISTRY[attention][3]
     window = cfg.attention.get("window") if ratio == "1:0" else None
     assert grows == (quadratic_layers and not window), (attention, ratio, r["bench"])
+
+
+@pytest.mark.parametrize("attention", sorted(REGISTRY))
+def test_every_mixer_declares_its_residual_projection(attention):
+    """The scaled initialisation finds the projections into the residual stream by the mixer's declaration, not
+    by their names' spelling: each declared name is an nn.Linear that writes d_model features."""
+    from torch import nn
+
+    from runner.mixers import build_mixer
+
+    m = build_mixer({"name": attention}, 64, 2)
+    assert m.residual_out, f"{attention} declares no residual_out"
+    for name in m.residual_out:
+        proj = m.get_submodule(name)
+        assert isinstance(proj, nn.Linear) and proj.out_features == 64, (attention, name)

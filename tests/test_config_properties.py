@@ -1,16 +1,20 @@
 """Property: for any values of the numeric settings, a run is either refused before any work, with a message that
 names a setting it was given, or it starts and ends as completed, or as failed with an error the user can act on
-(a message, no stack trace). Never a crash, a hang or a silent nonsense run. Values are drawn by hypothesis from
+(a message, no stack trace), or is still going after a few seconds (a valid but long run, e.g. 2^31 steps: it is
+then stopped as a SIGTERM would, and must say 'interrupted'). Never a crash or a silent nonsense run. Values are drawn by hypothesis from
 the edges (negative, zero, NaN, infinities, beyond 64-bit) and from small ordinary ones, one or two keys at a time on
 top of the tiny model."""
+import json
 import math
 import os
+import signal
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
 from runner.job import run
+from runner.stops import Interrupted
 
 BASE = ["model=tiny", "seq_len=16", "train.steps=2", "train.batch_size=2", "train.warmup_steps=1",
         "train.eval_every=0", "train.log_every=1", "eval.max_tokens=64", "eval.batch_size=4", "bench.lengths=[16]",
@@ -47,6 +51,7 @@ KEYS = {
 ALIASES = {"model.n_heads": ["num_heads"], "model.d_model": ["d_model", "cannot fit"],
            "model.n_layers": ["cannot fit"], "model.mlp_hidden": ["cannot fit"], "seq_len": ["cannot fit"],
            "train.batch_size": ["cannot fit"], "model.norm_eps": ["norm_eps"]}
+LIMIT_S = 6.0  # a run still going after this long has started: it is stopped there
 ACTIONABLE = ("DataSettingError", "DataUnavailable", "OutOfMemory", "DiskFull", "NonFiniteLoss")
 
 
@@ -62,14 +67,29 @@ def _literal(v):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(sorted(KEYS)), st.just(None), min_size=1, max_size=2).flatmap(
     lambda keys: st.fixed_dictionaries({k: KEYS[k] for k in keys})))
+@example({"train.steps": 2**31})  # valid and endless: stopped by the time limit, recorded as interrupted
+@example({"seq_len": 48, "train.batch_size": 8})
 def test_any_values_are_refused_cleanly_or_run(compose, tmp_path_factory, values):
     overrides = [*BASE, *(f"{k}={_literal(v)}" for k, v in values.items())]
     cfg = compose(*overrides)
     run_dir = tmp_path_factory.mktemp("prop")
     threads = torch.get_num_threads()
+
+    def time_limit(signum, frame):
+        raise Interrupted("SIGTERM", "the test's time limit")
+
+    old = signal.signal(signal.SIGALRM, time_limit)
+    signal.setitimer(signal.ITIMER_REAL, LIMIT_S)
     try:
         r = run(cfg, run_dir=str(run_dir), multirun=True)
+    except Interrupted:
+        r = json.loads((run_dir / "results.json").read_text())
+        assert r["status"] == "interrupted" and r["error"].startswith("SIGTERM"), r
+        event("still running")
+        return
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
         torch.set_num_threads(threads)
     status, error = r["status"], str(r.get("error", ""))
     event(status)

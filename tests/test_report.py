@@ -326,3 +326,26 @@ def test_report_has_the_mqar_table(tmp_path):
     rows = read_csv(out["summary_csv"])
     assert float(rows["0_softmax"]["mqar_accuracy"]) == pytest.approx(0.98667, abs=1e-4)
     assert rows["2_plain"]["mqar_accuracy"] == ""
+
+
+def test_the_baseline_is_the_all_full_model_of_the_sweeps_full_mixer(tmp_path):
+    """A plain `-m ratio=0:1,3:1` sweep keeps the default full mixer (gated attention): its 0:1 job is the
+    baseline of the 3:1 one. With an all-softmax job beside it, each hybrid still takes the all-full model of its
+    own full mixer."""
+    s = tmp_path / "sweep"
+    write(s, "0_gated_deltanet_0:1_64", fake_results("gated_deltanet", "0:1", "FFFF", bpb=2.0,
+                                                     bench=bench_rows(LADDER, **SOFTMAX)))
+    write(s, "1_gated_deltanet_3:1_64", fake_results("gated_deltanet", "3:1", "LLLF", bpb=2.1,
+                                                     bench=bench_rows(LADDER, **GDN)))
+    write(s, "2_softmax_1:0_64", fake_results("softmax", "1:0", "LLLL", bpb=2.0, bench=bench_rows(LADDER, **SOFTMAX)))
+    write(s, "3_gated_deltanet_3:1_64", fake_results("gated_deltanet", "3:1", "LLLF", bpb=2.1, full="softmax",
+                                                     bench=bench_rows(LADDER, **GDN)))
+    out = build_report(str(s))
+    with open(s / "summary.csv") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert rows["0_gated_deltanet_0:1_64"]["baseline"] == "" and rows["2_softmax_1:0_64"]["baseline"] == ""
+    assert rows["1_gated_deltanet_3:1_64"]["baseline"] == "0_gated_deltanet_0:1_64"
+    assert rows["3_gated_deltanet_3:1_64"]["baseline"] == "2_softmax_1:0_64"
+    assert float(rows["1_gated_deltanet_3:1_64"]["crossover_train_step_s"]) == pytest.approx(100)
+    assert "## Crossover against the all-full model" in (s / "report.md").read_text()
+    assert len(out["crossovers"]) == 2

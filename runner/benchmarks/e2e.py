@@ -45,42 +45,35 @@ from rich.table import Table
 
 from ..accel import autocast
 from ..cpu_runtime import describe as runtime_settings
+from ..paths import CONF_DIR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONF = os.path.join(ROOT, "conf")
 VOCAB = 256
 
 
-def _yaml(path: str) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
 def _sizes() -> list[str]:
-    return sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "model")) if f.endswith(".yaml"))
+    return sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "model")) if f.endswith(".yaml"))
 
 
 def model_spec(size: str, d_model: Optional[int] = None, layers: Optional[int] = None,
-               heads: Optional[int] = None) -> dict:
-    """conf/model/<size>.yaml with the command line's overrides and the schema's defaults filled in."""
-    path = os.path.join(CONF, "model", f"{size}.yaml")
-    if not os.path.exists(path):
+               heads: Optional[int] = None, full: str = "gated_attention"):
+    """The configuration ``python -m runner model=<size> full=<full>`` composes (gated_deltanet as the linear
+    mixer), with the command line's width, depth and heads."""
+    from ..config import compose_config
+
+    if size not in _sizes():
         raise SystemExit(f"--model-size {size!r} has no conf/model/{size}.yaml; sizes: {', '.join(_sizes())}")
-    m = {"mlp_hidden": None, "norm_eps": 1e-6, "tie_embeddings": True, "init_std": 0.02, **_yaml(path)}
+    overrides = [f"model={size}", "attention=gated_deltanet", f"full={full}"]
     for key, val in (("d_model", d_model), ("n_layers", layers), ("n_heads", heads)):
         if val is not None:
-            m[key] = val
-    return m
+            overrides.append(f"model.{key}={val}")
+    return compose_config(overrides)
 
 
-def build_ours(m: dict, layer_types: list[str], attention: str = "gated_deltanet", full: str = "gated_attention"):
-    from ..model import HybridLM
+def build_ours(cfg, layer_types: list[str]):
+    """Our model of configuration ``cfg`` (from :func:`model_spec`) with the given layer types."""
+    from ..model import build_model
 
-    att = _yaml(os.path.join(CONF, "attention", f"{attention}.yaml"))
-    ful = _yaml(os.path.join(CONF, "full", f"{full}.yaml"))
-    return HybridLM(VOCAB, m["d_model"], m["n_heads"], layer_types, att, ful, m["mlp_hidden"], m["norm_eps"],
-                    m["tie_embeddings"], m["init_std"])
+    return build_model(cfg, VOCAB, layer_types)
 
 
 def first_mixer(model, kind: str):
@@ -328,7 +321,7 @@ def run_train(a, con: Console):
     from ..layout import layer_types
 
     m = model_spec(a.model_size, a.d_model, a.layers, a.heads)
-    kinds = layer_types(m["n_layers"], a.ratio, a.pattern)
+    kinds = layer_types(m.model.n_layers, a.ratio, a.pattern)
     torch.manual_seed(a.seed)
     ours = build_ours(m, kinds)
     torch.manual_seed(a.seed)
@@ -341,8 +334,8 @@ def run_train(a, con: Console):
     lin, att = first_mixer(ours, "L"), first_mixer(ours, "F")
     con.print(f"training step (forward + cross-entropy + backward + AdamW), batch {a.batch} x seq_len {a.seq_len}, "
               f"vocab {VOCAB}; {environment(a.precision)}")
-    con.print(f"model: {a.model_size} d_model={m['d_model']} layers={''.join(kinds)} "
-              f"MLP hidden={ours.blocks[0].mlp.down.in_features} tied embeddings={m['tie_embeddings']}")
+    con.print(f"model: {a.model_size} d_model={m.model.d_model} layers={''.join(kinds)} "
+              f"MLP hidden={ours.blocks[0].mlp.down.in_features} tied embeddings={m.model.tie_embeddings}")
     if lin is not None:
         con.print(f"  linear (gated_deltanet): q/k heads {lin.num_heads} x {lin.head_dim}, value heads "
                   f"{lin.num_v_heads} x {lin.head_v_dim}, conv {lin.cfg.conv_size}, chunk {lin.cfg.chunk_size}")
@@ -437,14 +430,14 @@ def _decode_times(model, lengths: list[int], decode_tokens: int, piece: int, bat
 
 
 def run_decode(a, con: Console):
-    m = model_spec(a.model_size, a.d_model, a.layers, a.heads)
-    n_layers = m["n_layers"]
+    m = model_spec(a.model_size, a.d_model, a.layers, a.heads, full=a.full)
+    n_layers = m.model.n_layers
     torch.manual_seed(a.seed)
     lin = build_ours(m, ["L"] * n_layers)
     torch.manual_seed(a.seed)
-    full = build_ours(m, ["F"] * n_layers, full=a.full)
+    full = build_ours(m, ["F"] * n_layers)
     con.print(f"decode through the mixers' state, {environment()}, batch {a.batch}, "
-              f"model {a.model_size} d_model={m['d_model']} layers={n_layers}: gated_deltanet 1:0 "
+              f"model {a.model_size} d_model={m.model.d_model} layers={n_layers}: gated_deltanet 1:0 "
               f"({n_params(lin):,} parameters) vs {a.full} 0:1 ({n_params(full):,} parameters); "
               f"prefix prefilled in pieces of {a.piece}, median of {a.decode_tokens} steps")
     res_l = _decode_times(lin, a.lengths, a.decode_tokens, a.piece, a.batch, a.seed)

@@ -80,11 +80,16 @@ def check_ops(device, T: int = 2048) -> list[dict]:
 
 
 def _model(attention: str, ratio_pattern: str, d: int, layers: int, heads: int, kernels: str, device):
-    from runner.model import HybridLM
+    """The model ``python -m runner attention=<attention> pattern=<ratio_pattern> kernels=<kernels>`` builds at this
+    width, depth and head count (runner.model.build_model)."""
+    from runner.config import compose_config
+    from runner.model import build_model
 
+    cfg = compose_config([f"attention={attention}", "full=gated_attention", f"pattern={ratio_pattern}",
+                          f"model.d_model={d}", f"model.n_layers={layers}", f"model.n_heads={heads}",
+                          f"kernels={kernels}"])
     torch.manual_seed(0)
-    types = list((ratio_pattern * layers)[:layers])
-    return HybridLM(256, d, heads, types, {"name": attention}, {"name": "gated_attention"}, kernels=kernels).to(device)
+    return build_model(cfg, 256, device=device)
 
 
 def check_model(device, T: int = 2048) -> list[dict]:

@@ -66,10 +66,15 @@ def make_config(spec: Mapping[str, Any], d_model: int, n_heads: int) -> MixerCon
     return cfg
 
 
-def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: int = 0, n_layers: int = 1) -> Mixer:
+def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: int = 0, n_layers: int = 1,
+                kernels: str = "torch") -> Mixer:
+    """The mixer ``spec`` names, for layer ``layer_idx`` of ``n_layers``; ``kernels``: the backend of its chunked
+    ops (runner/ops/backends.py)."""
     cls, _ = _load(spec.get("name"))
     cfg = make_config(spec, d_model, n_heads)
-    return cls(d_model, cfg, layer_idx=layer_idx, n_layers=n_layers)
+    mixer = cls(d_model, cfg, layer_idx=layer_idx, n_layers=n_layers)
+    mixer.kernels = kernels
+    return mixer
 
 
 __all__ = ["Mixer", "MixerConfig", "State", "state_nbytes", "REGISTRY", "mixer_names", "make_config", "build_mixer"]

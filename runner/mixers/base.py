@@ -13,6 +13,8 @@ its kind:
 * ``state_bytes(batch, n, dtype)``: analytic size of the state after ``n`` tokens.
 * ``flops_per_token(n)``: forward FLOPs of one token at context length ``n`` (matmul FLOPs, 2 per MAC).
 * ``self.d_model`` is set by every mixer.
+* ``residual_out``: the names of the projections into the residual stream (for the scaled initialisation);
+  ``aux_loss``: an extra loss from the last forward, or None.
 """
 from __future__ import annotations
 
@@ -45,6 +47,11 @@ class Mixer(nn.Module):
 
     quadratic: bool = False
     kernels: str = "torch"  # backend of the linear mixers' chunked ops (runner/ops/backends.py): torch | fla
+    # names of the nn.Linear submodules that write into the residual stream: the model scales their initialisation
+    # by 1/sqrt(2 n_layers) (GPT-2); every mixer declares its own (tested), none is found by its name's spelling
+    residual_out: tuple = ()
+    # a loss the mixer adds to the model's from its last forward (the sparse-attention indexer's KL), or None
+    aux_loss: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError

@@ -85,6 +85,8 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class GatedDeltaNet(Mixer):
+
+    residual_out = ("out_proj",)  # the projection back into the residual stream (scaled init)
     quadratic = False
     gated_decay = True  # DeltaNet (runner.mixers.deltanet) sets False: no a/A_log/dt_bias, g = 0
 

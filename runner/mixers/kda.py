@@ -82,6 +82,8 @@ class KDAConfig(MixerConfig):
 
 
 class KimiDeltaAttention(Mixer):
+
+    residual_out = ("o_proj",)  # the projection back into the residual stream (scaled init)
     quadratic = False
 
     def __init__(self, d_model: int, cfg: KDAConfig, layer_idx: int = 0, n_layers: int = 1):

@@ -56,6 +56,8 @@ class LightningConfig(MixerConfig):
 class LightningAttention(Mixer):
     """MiniMax lightning attention: SiLU q, k, v; a fixed per-head decay set by depth; gated RMSNorm output."""
 
+    residual_out = ("out_proj",)  # the projection back into the residual stream (scaled init)
+
     quadratic = False
 
     def __init__(self, d_model: int, cfg: LightningConfig, layer_idx: int = 0, n_layers: int = 1):

@@ -69,6 +69,8 @@ def feature_map(u: torch.Tensor) -> torch.Tensor:
 class LinearAttention(Mixer):
     """Katharopoulos et al. linear attention with the elu + 1 feature map and the normaliser."""
 
+    residual_out = ("o_proj",)  # the projection back into the residual stream (scaled init)
+
     quadratic = False
 
     def __init__(self, d_model: int, cfg: LinearAttentionConfig, layer_idx: int = 0, n_layers: int = 1):

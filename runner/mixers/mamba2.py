@@ -132,6 +132,8 @@ class GatedGroupRMSNorm(nn.Module):
 class Mamba2(Mixer):
     """The Mamba2 block: in_proj -> short conv -> SSD (+ D skip) -> gated group RMSNorm -> out_proj."""
 
+    residual_out = ("out_proj",)  # the projection back into the residual stream (scaled init)
+
     quadratic = False
 
     def __init__(self, d_model: int, cfg: Mamba2Config, layer_idx: int = 0, n_layers: int = 1):

@@ -69,6 +69,8 @@ class MLAConfig(MixerConfig):
 class MultiHeadLatentAttention(Mixer):
     """DeepSeek-V2 MLA; the cache holds only the KV latent and the shared RoPE key."""
 
+    residual_out = ("o_proj",)  # the projection back into the residual stream (scaled init)
+
     quadratic = True
 
     def __init__(self, d_model: int, cfg: MLAConfig, layer_idx: int = 0, n_layers: int = 1):

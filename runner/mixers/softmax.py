@@ -115,6 +115,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optiona
 class SoftmaxAttention(Mixer):
     """Causal MHA/GQA softmax attention with (partial) RoPE, optional QK-norm and sliding window."""
 
+    residual_out = ("o_proj",)  # the projection back into the residual stream (scaled init)
+
     quadratic = True
     zero_centered_qk_norm = False  # GatedAttention: Qwen3-Next's (1 + w) norm
     q_gate = False  # GatedAttention: q_proj also yields an output gate
