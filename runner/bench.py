@@ -105,7 +105,7 @@ SCALED = ("train_step_s", "train_peak_bytes", "prefill_s", "prefill_peak_bytes",
 
 def scaling(rows: list[dict]) -> dict:
     """Exponent of each cost in n: slope on log-log over the upper half of the ladder (runner/report.py)."""
-    from .report import scaling_exponent
+    from .common import scaling_exponent
 
     ok = [r for r in rows if r.get("status") == "ok"]
     return {k: scaling_exponent([r["n"] for r in ok], [r.get(k) for r in ok]) for k in SCALED}

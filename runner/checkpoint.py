@@ -28,7 +28,10 @@ from omegaconf import OmegaConf
 from .errors import ActionableError
 from .run_folder import changes
 
-IDENTITY_KEYS = ("model", "attention", "full", "ratio", "pattern", "seq_len", "seed", "train", "data", "precision")
+IDENTITY_KEYS = ("model", "attention", "full", "objective", "ratio", "pattern", "seq_len", "seed", "train", "data",
+                 "precision")
+# what a checkpoint written before a setting existed held for it (dotted keys)
+IDENTITY_DEFAULTS = {"objective": {"name": "next_token"}, "data.options": {}}
 # settings that do not change the weights: they may differ between the attempts on one checkpoint
 FREE_KEYS = ("train.log_every", "train.eval_every", "train.eval_batches", "train.ckpt_every", "data.cache_dir",
              "data.hub_timeout_s")
@@ -53,7 +56,7 @@ def save(path: str, payload: dict) -> None:
     """Atomic: a reader (or a resumed run) sees the previous checkpoint or the new one, never half of one."""
     import torch
 
-    from .track import atomic_write
+    from .common import atomic_write
 
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -73,6 +76,13 @@ def load(path: str, map_location="cpu") -> dict:
         missing = [k for k in ("model", "optimizer", "step", "identity") if k not in state]
         if missing:
             raise KeyError(f"no {', '.join(missing)} in it")
+        for key, v in IDENTITY_DEFAULTS.items():
+            *path, last = key.split(".")
+            node = state["identity"]
+            for p in path:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.setdefault(last, copy.deepcopy(v))
         return state
     except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, AttributeError,
             pickle.UnpicklingError, zipfile.BadZipFile) as e:

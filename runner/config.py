@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .layout import layer_types
-from .mixers import REGISTRY, make_config
+from .mixers import REGISTRY, _load as _load_mixer, make_config
 from .paths import CONF_DIR, EXPERIMENTS_DIR
 from .peakmem import METHODS
 
@@ -25,7 +25,6 @@ MAX_SEED = 2**32 - 1  # numpy's and most samplers' range; torch's generators tak
 # hard caps, far beyond this runner's model sizes (xl: d_model 2048, 24 layers), so that a typo fails here and not
 # after minutes of building; what fits the machine is checked against its memory (runner/fit.py)
 MAX_WIDTH, MAX_LAYERS, MAX_TOKENS = 1 << 16, 1024, 1 << 24
-DATA_SOURCES = ("stdlib", "text", "hf", "mqar")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -68,6 +67,7 @@ class DataConfig:
     alpha: float = 0.01  # power-law exponent of the query distances (Zoology: 0.01)
     mix_lengths: bool = True  # training examples of lengths seq_len, seq_len/2, seq_len/4 (padded)
     seed: int = 0  # data seed: training examples from 2*seed, test examples from 2*seed+1
+    options: Dict[str, Any] = field(default_factory=dict)  # settings of a source registered beyond these (its own keys)
 
 
 @dataclass
@@ -94,6 +94,7 @@ class EvalConfig:
     tasks: List[str] = field(default_factory=lambda: ["ppl"])  # ppl | extrapolation | positions | mqar
     extrapolation_factors: List[int] = field(default_factory=lambda: [2, 4])  # lengths seq_len * factor
     position_buckets: int = 32  # positions task: buckets per seq_len
+    options: Dict[str, Any] = field(default_factory=dict)  # task name -> its settings, for tasks registered beyond these
 
 
 @dataclass
@@ -122,6 +123,7 @@ class LoggerConfig:
 class Config:
     attention: Dict[str, Any] = field(default_factory=lambda: {"name": "gated_deltanet"})
     full: Dict[str, Any] = field(default_factory=lambda: {"name": "gated_attention"})
+    objective: Dict[str, Any] = field(default_factory=lambda: {"name": "next_token"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -163,6 +165,10 @@ def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
             if fn.endswith(".yaml"):
                 node = OmegaConf.load(os.path.join(experiments_dir, fn))
                 cs.store(group="experiment", name=fn[:-5], node=node, package="_global_")
+
+
+def _mixer_class(name: str):
+    return _load_mixer(name)[0]
 
 
 def compose_config(overrides=()) -> DictConfig:
@@ -264,24 +270,24 @@ def validate(cfg: DictConfig | Config) -> dict:
           " (with train.eval_every > 0)")
     whole("eval.max_tokens", c.eval.max_tokens, 1, None, "131072")
     whole("eval.batch_size", c.eval.batch_size, 1, 1 << 20, "8")
-    from .evaluate import TASKS as eval_tasks
+    from . import evals
 
     ev = c.eval
-    bad = [t for t in ev.tasks if t not in eval_tasks]
-    need(not bad, f"eval.tasks={list(ev.tasks)} has unknown task(s) {bad}; allowed: {list(eval_tasks)}")
-    need(len(ev.tasks) > 0, f"eval.tasks is empty; choose from {list(eval_tasks)} (or leave 'eval' out of stages)")
-    need(len(ev.extrapolation_factors) > 0 and all(isinstance(f, int) and 2 <= f <= 1024
-                                                   for f in ev.extrapolation_factors),
-         f"eval.extrapolation_factors={list(ev.extrapolation_factors)} must be a non-empty list of whole numbers in "
-         f"[2, 1024], e.g. [2, 4]")
-    whole("eval.position_buckets", ev.position_buckets, 1, 1 << 20, "32")
-    if c.data.name == "mqar":
-        need(not {"extrapolation", "positions"} & set(ev.tasks),
-             f"eval.tasks={list(ev.tasks)}: extrapolation and positions score text; with data=mqar use "
-             f"eval.tasks=[ppl,mqar]")
-    else:
-        need("mqar" not in ev.tasks, f"eval.tasks={list(ev.tasks)}: the mqar task needs a model trained on data=mqar "
-                                     f"(data.name is {c.data.name!r})")
+    bad = [t for t in ev.tasks if t not in evals.REGISTRY]
+    need(not bad, f"eval.tasks={list(ev.tasks)} has unknown task(s) {bad}; allowed: {evals.names()}")
+    need(len(ev.tasks) > 0, f"eval.tasks is empty; choose from {evals.names()} (or leave 'eval' out of stages)")
+    from . import sources
+
+    offers = getattr(sources.get(c.data.name), "PROVIDES", set()) if c.data.name in sources.REGISTRY else None
+    for t in evals.names():  # every task's own settings, asked for or not (a setting of a task left out is a slip)
+        task = evals.get(t)
+        problems.extend(task.task_problems(c))
+        if t in ev.tasks and offers is not None and task.NEEDS is not None and task.NEEDS not in offers:
+            able = [n for n in sources.names() if task.NEEDS in getattr(sources.get(n), "PROVIDES", set())]
+            fits = [n for n in evals.names() if evals.get(n).NEEDS in (None, *offers)]
+            problems.append(f"eval.tasks={list(ev.tasks)}: the {t} task needs a model trained on "
+                            f"data={'|'.join(able)} (data.name is {c.data.name!r}); with data={c.data.name} use "
+                            f"eval.tasks=[{','.join(fits)}] or some of them")
 
     b = c.bench
     need(len(b.lengths) > 0 and all(isinstance(n, int) and 1 <= n <= MAX_TOKENS for n in b.lengths),
@@ -297,48 +303,31 @@ def validate(cfg: DictConfig | Config) -> dict:
     need(b.memory in METHODS, f"bench.memory={b.memory!r} is not a measurement method; allowed: {list(METHODS)}")
 
     d = c.data
-    need(d.name in DATA_SOURCES, f"data.name={d.name!r} is not a known source; allowed: {list(DATA_SOURCES)}")
+    from . import sources
+
+    source = sources.get(d.name) if d.name in sources.REGISTRY else None
+    need(source is not None, f"data.name={d.name!r} is not a known source; allowed: {sources.names()}")
     need(d.tokenizer in ("bytes", "bpe"), f"data.tokenizer={d.tokenizer!r} is not supported; allowed: ['bytes', 'bpe']")
-    if d.tokenizer == "bpe":
-        need(d.name != "mqar", "data.tokenizer=bpe does not apply to data=mqar (synthetic token ids); use "
-                               "data.tokenizer=bytes")
+    if source is not None and d.tokenizer in ("bytes", "bpe") and d.tokenizer not in source.TOKENIZERS:
+        need(False, f"data.tokenizer={d.tokenizer} does not apply to data={d.name} (it takes "
+                    f"{list(source.TOKENIZERS)}); use data.tokenizer={source.TOKENIZERS[0]}")
+    elif d.tokenizer == "bpe":
         need(isinstance(d.vocab_size, int) and 257 <= d.vocab_size <= 1_000_000,
              f"data.vocab_size={d.vocab_size} must be in [257, 1000000] for data.tokenizer=bpe (256 byte tokens + "
              f"merges), e.g. 4096")
     need(finite(d.val_fraction) and 0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1), "
                                                              f"e.g. 0.1")
     whole("data.max_bytes", d.max_bytes, 0, None, "8000000", " (0 = no cap)")
-    if d.name == "hf":
-        need(bool(d.dataset), "data=hf needs data.dataset=<a Hub dataset such as wikitext, or a local dataset folder>")
-        need(bool(d.text_field), "data.text_field must name the column holding the text, e.g. text")
-        need(bool(d.train_split), "data.train_split must name a split, e.g. train")
-        need(finite(d.hub_timeout_s) and 0 < d.hub_timeout_s <= 600,
-             f"data.hub_timeout_s={d.hub_timeout_s} must be in (0, 600] seconds, e.g. 3")
-        need(not d.streaming or d.max_bytes > 0, "data.streaming=true reads a dataset row by row: give data.max_bytes "
-                                                 "> 0 (how much to read), e.g. data.max_bytes=50000000")
-    if d.name == "mqar":
-        from .tasks.mqar import check as mqar_check
+    if source is not None:
+        problems.extend(source.source_problems(c))
 
-        whole("data.vocab_size", d.vocab_size, 4, 1_000_000, "8192", " (the MQAR token vocabulary)")
+    from . import objectives
 
-        need(len(d.num_kv_pairs) > 0, "data.num_kv_pairs must be a non-empty list, e.g. [2, 4, 8]")
-        need(d.test_num_kv_pairs is None or len(d.test_num_kv_pairs) > 0,
-             "data.test_num_kv_pairs must be null (= num_kv_pairs) or a non-empty list, e.g. [4, 8, 16]")
-        for key, kvs in (("num_kv_pairs", d.num_kv_pairs), ("test_num_kv_pairs", d.test_num_kv_pairs or [])):
-            for kv in kvs:
-                why = mqar_check(c.seq_len, kv, d.vocab_size) if c.seq_len >= 1 else None
-                need(why is None, f"data.{key}={list(kvs)} with data.vocab_size={d.vocab_size}, seq_len={c.seq_len}: {why}")
-        whole("data.n_train", d.n_train, 1, 1 << 28, "100000")
-        whole("data.n_test", d.n_test, 1, 1 << 24, "1000")
-        need(finite(d.alpha) and d.alpha > 0, f"data.alpha={d.alpha} must be > 0 (Zoology: 0.01)")
-        whole("data.seed", d.seed, 0, (MAX_SEED - 1) // 2, "0", " (training examples come from 2*seed, test "
-                                                              "examples from 2*seed+1)")
-    if d.name == "text":
-        if not d.path:
-            problems.append("data=text needs data.path=<a text file or a folder of text files>")
-        elif not os.path.exists(os.path.expanduser(d.path)):
-            problems.append(f"data.path={d.path!r} does not exist (looked in {os.path.abspath(os.path.expanduser(d.path))}); "
-                            f"give an existing text file or folder")
+    obj = dict(c.objective).get("name")
+    need(obj in objectives.REGISTRY, f"objective.name={obj!r} is not a known objective; allowed: {objectives.names()}")
+    causal = objectives.get(obj).CAUSAL if obj in objectives.REGISTRY else True
+    if obj in objectives.REGISTRY:
+        problems.extend(getattr(objectives.get(obj), "objective_problems", lambda c: [])(c))
 
     lg = c.logger
     need(lg.name in LOGGERS, f"logger.name={lg.name!r} is not known; allowed: {list(LOGGERS)}")
@@ -365,6 +354,10 @@ def validate(cfg: DictConfig | Config) -> dict:
             facts[key] = make_config(spec, max(1, m.d_model), max(1, m.n_heads))
         except (ValueError, TypeError, ImportError) as e:
             problems.append(f"{key}: {e}")
+            continue
+        if not causal and not getattr(_mixer_class(name), "bidirectional", False):
+            problems.append(f"{key}={name!r} runs only with its causal mask, and objective={obj} needs mixers that "
+                            f"see the whole sequence")
     if problems:
         raise ConfigError(problems)
     return facts

@@ -109,7 +109,8 @@ def _refuse(console, e: BaseException, multirun: bool, write=None) -> dict:
 
 def _attempt(cfg, run_dir: str, multirun: bool, console: Console) -> dict:
     from . import checkpoint, run_folder
-    from .track import atomic_write_text, _clean
+    from .common import atomic_write_text
+    from .track import _clean
 
     main = env_info().is_main
     stages = list(cfg.stages) if OmegaConf.select(cfg, "stages") is not None else []
@@ -283,8 +284,10 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     tracker.update(data=corpus.info())
     console.print(f"data: {corpus.description}: {corpus.summary()} "
                   f"(fingerprint {corpus.fingerprint}, {time.perf_counter() - t0:.1f} s)")
-    if cfg.data.name == "mqar" and "mqar" not in cfg.eval.tasks and "eval" in cfg.stages:
-        console.print("note: add eval.tasks=[ppl,mqar] for the recall accuracy by number of pairs and by distance")
+    from . import sources
+
+    for note in getattr(sources.get(cfg.data.name), "notes", lambda c: [])(cfg):
+        console.print(note)
 
     m = cfg.model
 

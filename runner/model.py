@@ -49,8 +49,9 @@ def default_mlp_hidden(d_model: int) -> int:
 class HybridLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
-                 init_std: float = 0.02, kernels: str = "torch"):
+                 init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token"):
         super().__init__()
+        self.objective = objective  # the training objective's name (runner/objectives): its loss is this model's
         self.layer_types = list(layer_types)
         self.vocab_size, self.d_model = vocab_size, d_model
         n = len(self.layer_types)
@@ -107,8 +108,10 @@ class HybridLM(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss for backward, language-model loss in nats/token)."""
+        from . import objectives
+
         logits, _ = self(idx)
-        lm = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        lm = objectives.get(self.objective).loss(logits, targets)
         aux = self.aux_loss()
         return (lm + aux if aux is not None else lm), lm.detach()
 
@@ -133,7 +136,7 @@ class HybridLM(nn.Module):
 
 def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = None, device=None) -> HybridLM:
     """The model a composed configuration describes (``model``, ``attention``, ``full``, ``ratio`` / ``pattern``,
-    ``kernels``): the one builder of every caller (runs, torchrun, the memory calculator, the benchmarks, the GPU
+    ``kernels``, ``objective``): the one builder of every caller (runs, torchrun, the memory calculator, the benchmarks, the GPU
     check, the memory check before a run). ``layer_types`` defaults to the layout of ``ratio`` / ``pattern``;
     ``device="meta"`` builds it without memory (for counting)."""
     from omegaconf import OmegaConf
@@ -147,8 +150,10 @@ def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = Non
         return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
 
     def make():
+        objective = OmegaConf.select(cfg, "objective.name", default=None) if OmegaConf.is_config(cfg) else None
         return HybridLM(vocab_size, m.d_model, m.n_heads, kinds, spec(cfg.attention), spec(cfg.full), m.mlp_hidden,
-                        m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels)
+                        m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels,
+                        objective=objective or "next_token")
 
     if str(device) == "meta":
         with torch.device("meta"):

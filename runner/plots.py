@@ -18,7 +18,7 @@ import math
 import os
 from typing import Any, Iterable, Optional, Sequence
 
-from .track import atomic_write, fmt_bytes
+from .common import atomic_write, fmt_bytes
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 DPI = 110

@@ -27,11 +27,11 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 
-from .track import atomic_write_text, fmt_bytes
+from .common import _pos, _series, atomic_write_text, crossover, fmt_bytes, scaling_exponent  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -42,77 +42,24 @@ CROSSOVER_KEYS = (("train_step_s", "train step"), ("prefill_s", "prefill"), ("de
 PLOT_FILES = ("memory_vs_n.png", "time_vs_n.png", "quality_vs_ratio.png", "tradeoff.png")
 SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__"}
 
-CSV_COLUMNS = [
-    "job", "attention", "full", "ratio", "pattern", "layer_types", "full_fraction", "model", "seq_len", "seed",
-    "n_params", "status", "error", "train_tokens_per_s", "final_loss", "eval_loss", "ppl", "bpb", "unigram_bpb",
-    "mqar_accuracy", "n_common", "decode_ms_per_token", "train_peak_bytes", "state_bytes",
-    *(f"exp_{k}" for k in TIME_KEYS + MEMORY_KEYS),
-    "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS),
-]
+def _task_columns() -> dict:
+    """summary.csv columns the evaluation tasks contribute (runner/evals: each task's CSV), in registry order."""
+    from . import evals
+
+    return {col: fn for name in evals.names() for col, fn in getattr(evals.get(name), "CSV", {}).items()}
+
+
+def csv_columns() -> list[str]:
+    """summary.csv's columns: the job, its configuration and outcome, the headline numbers, the registered
+    evaluation tasks' own columns, and the cost-versus-n figures."""
+    return ["job", "attention", "full", "ratio", "pattern", "layer_types", "full_fraction", "model", "seq_len", "seed",
+            "n_params", "status", "error", "train_tokens_per_s", "final_loss", "eval_loss", "ppl", "bpb",
+            "unigram_bpb", *_task_columns(), "n_common", "decode_ms_per_token", "train_peak_bytes", "state_bytes",
+            *(f"exp_{k}" for k in TIME_KEYS + MEMORY_KEYS),
+            "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS)]
 
 
 # ------------------------------------------------------------------------------------------ scaling maths
-
-
-def _pos(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) and v > 0 else None
-
-
-def scaling_exponent(ns: Sequence[float], values: Sequence[Optional[float]]) -> Optional[float]:
-    """Slope of log(value) against log(n) by least squares over the upper half of the ladder (the largest
-    ceil(k/2) of the k usable points, at least 2), where the asymptotic cost dominates: ~2 for a cost quadratic
-    in n, ~1 linear, ~0 constant. Points with a missing, zero or non-finite value are not usable. None when
-    fewer than 2 usable points (or a single distinct n) remain."""
-    pts = sorted((float(n), float(v)) for n, v in zip(ns, values) if _pos(n) and _pos(v))
-    if len(pts) < 2:
-        return None
-    pts = pts[-max(2, math.ceil(len(pts) / 2)):]
-    xs = [math.log(n) for n, _ in pts]
-    ys = [math.log(v) for _, v in pts]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-
-
-def _series(rows: Optional[Iterable[dict]], key: str) -> dict[float, float]:
-    out = {}
-    for r in rows or []:
-        if not isinstance(r, dict) or r.get("status", "ok") != "ok":
-            continue
-        n, v = _pos(r.get("n")), _pos(r.get(key))
-        if n is not None and v is not None:
-            out[n] = v
-    return out
-
-
-def crossover(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optional[float]:
-    """The smallest n from which configuration a costs less than b in ``key`` (time or bytes: lower is better)
-    for the rest of the ladder, located by linear interpolation in log-log between the ladder points where the
-    sign of log(a/b) last changes. The smallest common n when a is cheaper at every common n; None when a is
-    not cheaper at the largest common n (never within the ladder) or the two share no measured n."""
-    a, b = _series(rows_a, key), _series(rows_b, key)
-    ns = sorted(set(a) & set(b))
-    if not ns:
-        return None
-    d = [math.log(a[n]) - math.log(b[n]) for n in ns]
-    if d[-1] >= 0:
-        return None
-    i = len(d) - 1
-    while i > 0 and d[i - 1] < 0:
-        i -= 1
-    if i == 0:
-        return ns[0]
-    d0, d1 = d[i - 1], d[i]  # d0 >= 0 > d1
-    t = d0 / (d0 - d1)
-    return math.exp(math.log(ns[i - 1]) + t * (math.log(ns[i]) - math.log(ns[i - 1])))
-
-
-# ------------------------------------------------------------------------------------------ collecting jobs
 
 
 def _natural(s: str) -> list:
@@ -182,9 +129,7 @@ def _job(path: str, sweep_dir: str) -> dict:
         full_fraction=(lt.count("F") / len(lt)) if lt else None,
         train_tokens_per_s=train.get("tokens_per_s"), final_loss=train.get("final_loss"),
         eval_loss=ev.get("loss"), ppl=ev.get("ppl"), bpb=ev.get("bpb"), unigram_bpb=ev.get("unigram_bpb"),
-        mqar_accuracy=(ev.get("mqar") or {}).get("accuracy"),
-        mqar_by_pairs={r["num_kv_pairs"]: r["accuracy"] for r in (ev.get("mqar") or {}).get("by_num_kv_pairs", [])
-                       if isinstance(r, dict) and "num_kv_pairs" in r},
+        **{col: fn(ev) for col, fn in _task_columns().items()},
         rows=[r for r in (res.get("bench") or []) if isinstance(r, dict) and r.get("status", "ok") == "ok"
               and _pos(r.get("n"))],
     )
@@ -287,10 +232,11 @@ def _csv_value(v: Any) -> str:
 def _write_csv(path: str, jobs: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    columns = csv_columns()
+    w.writerow(columns)
     for j in jobs:
         row = dict(j, error=j["error_head"])
-        w.writerow([_csv_value(row.get(c)) for c in CSV_COLUMNS])
+        w.writerow([_csv_value(row.get(c)) for c in columns])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -359,15 +305,12 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
                                                           "train_peak_bytes", "state_bytes"))])
     lines += _table(header, rows) + [""]
 
-    recall = [j for j in done if j["mqar_by_pairs"]]
-    if recall:
-        pairs = sorted({k for j in recall for k in j["mqar_by_pairs"]})
-        lines += ["## Recall (MQAR)", "",
-                  "Accuracy on the held-out test examples (full length, every query scored), by number of "
-                  "key-value pairs.", ""]
-        lines += _table(["config", "layers", *(f"{k} pairs" for k in pairs), "all"],
-                        [[j["label"], j["layer_types"], *(_f(j["mqar_by_pairs"].get(k), ".3f") for k in pairs),
-                          _f(j["mqar_accuracy"], ".3f")] for j in recall]) + [""]
+    from . import evals
+
+    for name in evals.names():  # each evaluation task's own section, when it has one and its numbers are there
+        section = getattr(evals.get(name), "report_lines", None)
+        if section is not None:
+            lines += section(done, _table, _f)
 
     if notdone:
         lines += ["## Jobs that did not complete", ""]
@@ -466,7 +409,7 @@ def build_report(sweep_dir: str) -> dict:
     report_md = os.path.join(sweep_dir, "report.md")
     _write_csv(summary_csv, jobs)
     _write_md(report_md, sweep_dir, jobs, n, crossings, front, plots)
-    return {"jobs": [{c: j.get(c) for c in CSV_COLUMNS} for j in jobs], "n_common": n, "crossovers": crossings,
+    return {"jobs": [{c: j.get(c) for c in csv_columns()} for j in jobs], "n_common": n, "crossovers": crossings,
             "summary_csv": summary_csv, "report_md": report_md, "plots": plots}
 
 

@@ -9,52 +9,13 @@ import errno
 import json
 import math
 import os
-import shutil
 from typing import Any, Callable, Optional
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Write ``path`` so that a reader (or a resumed run) sees the old file or the new one, never part of one:
-    ``write(tmp)`` writes a temporary file in the same folder, which is flushed to disk and renamed over ``path``;
-    on any failure the temporary file is removed and ``path`` is left as it was. A writer that fails in its own way
-    when the disk fills up (torch.save raises a RuntimeError about the file position) is reported as the full disk
-    it met (OSError ENOSPC), so that the message can say so."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        try:
-            write(tmp)
-        except Exception as e:
-            if not isinstance(e, OSError) and _nearly_full(d):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
-            raise
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _nearly_full(folder: str, margin: int = 1 << 20) -> bool:
-    try:
-        return shutil.disk_usage(folder).free < margin
-    except OSError:
-        return False
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+from .common import atomic_write, atomic_write_text, fmt_bytes  # noqa: F401 - used here; atomic_write for callers
 
 
 def _clean(x: Any) -> Any:
@@ -297,16 +258,6 @@ def _summarise_wandb(run, results: dict) -> None:
                 xs=[s[1] for s in series], ys=[s[2] for s in series], keys=[s[0] for s in series],
                 title=f"{name.split('_')[0]} ({unit}) vs context length n", xname="n")
     run.log(logged)
-
-
-def fmt_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def summary_tables(results: dict) -> list[Table]:

@@ -16,11 +16,11 @@ import time
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import stops
+from . import objectives, stops
 from .checkpoint import checkpoint_path, identity, load as load_checkpoint, save as save_checkpoint
-from .data import Corpus
+from .corpus import Corpus
 from .errors import ActionableError
-from .evaluate import mean_loss
+from .scoring import mean_loss
 
 
 class NonFiniteLoss(ActionableError, FloatingPointError):
@@ -84,6 +84,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
     tracker.trim_metrics(start)  # one curve: rows of an earlier attempt after this step go
     saved = {"step": start if resumed_from is not None else None}
     batches = corpus.batches(tc.batch_size, seq_len, gen)  # draws from gen only, so the saved state resumes it
+    objective = objectives.get(model.objective)
 
     def checkpoint(step):
         """Rank 0 writes; under FSDP every rank first helps gather the full tensors."""
@@ -108,7 +109,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             lr = lr_at(step, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = next(batches)  # the global batch; this rank's rows of it
+            x, y = objective.prepare(*next(batches), gen)  # the global batch; this rank's rows of it
             x, y = distributed.shard(x, dist_info).to(device), distributed.shard(y, dist_info).to(device)
             with accel.autocast(cfg.precision, device):
                 loss, lm = step_fn(x, targets=y)

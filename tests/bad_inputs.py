@@ -137,6 +137,10 @@ CASES = [
     Case("unknown memory method", ["bench.memory=vibes"], 2, "is not a measurement method"),
     Case("zero time budget", ["bench.time_budget_s=0"], 2, "bench.time_budget_s=0.0 must be > 0 seconds"),
     Case("extrapolation factor 1", ["eval.extrapolation_factors=[1]"], 2, "eval.extrapolation_factors=[1] must be"),
+    Case("a task the data cannot serve", ["eval.tasks=[ppl,mqar]"], 2,
+         "the mqar task needs a model trained on data=mqar (data.name is 'stdlib')"),
+    Case("text tasks on synthetic data", ["data=mqar", "seq_len=64", "eval.tasks=[positions]"], 2,
+         "with data=mqar use eval.tasks=[ppl,mqar]"),
     Case("unknown W&B mode", ["logger.mode=sometimes"], 2, "logger.mode='sometimes' is not known"),
     Case("zero W&B timeout", ["logger=wandb", "logger.init_timeout_s=0"], 2, "logger.init_timeout_s=0.0 must be"),
     Case("unknown device", ["device=tpu"], 2, "device='tpu' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
@@ -168,6 +172,7 @@ CASES = [
     # --------------------------------------------------------------------- what Hydra refuses (exit 1, composition)
     Case("unknown study", ["experiment=nope"], 1, "Could not find 'experiment/nope'"),
     Case("unknown group option", ["attention=nope"], 1, "Could not find 'attention/nope'"),
+    Case("unknown objective", ["objective=nope"], 1, "Could not find 'objective/nope'"),
     Case("unknown key", ["train.stepz=5"], 1, "Key 'stepz' not in 'TrainConfig'"),
     Case("a word for a number", ["train.steps=abc"], 1, "Value 'abc' of type 'str' could not be converted to Integer"),
     # --------------------------------------------------------------------------- the run folder (exit 1 or 2)

@@ -52,8 +52,10 @@ def test_bpe_second_load_is_a_cache_hit_and_skips_tokenization(text_file, tmp_pa
     def boom(*args, **kw):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(D, "train_bpe", boom)
-    monkeypatch.setattr(D, "bpe_encode", boom)
+    import runner.bpe
+
+    monkeypatch.setattr(runner.bpe, "train_bpe", boom)
+    monkeypatch.setattr(runner.bpe, "bpe_encode", boom)
     b = D.load_corpus(cfg, log=log2.append)
     assert any("cache hit" in m and "tokenization skipped" in m for m in log2), log2
     assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val) and torch.equal(a.token_bytes, b.token_bytes)

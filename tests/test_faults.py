@@ -109,7 +109,7 @@ def test_kill9_during_a_checkpoint_write_leaves_the_old_checkpoint_and_no_leftov
     before = _ckpt_step(cut)  # the last complete checkpoint is still whole and readable
     p = run_cli(*RUN, "train.ckpt_every=1", f"hydra.run.dir={cut}")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "did not finish writing" in p.stdout and f"resuming from" in p.stdout and f"at step {before}" in p.stdout
+    assert "did not finish writing" in p.stdout and "resuming from" in p.stdout and f"at step {before}" in p.stdout
     assert not [n for n in os.listdir(ckdir) if n.startswith(".tmp-")]
     _same_end(reference, cut)
 
@@ -268,3 +268,19 @@ def test_a_non_finite_loss_says_which_checkpoint_is_kept(compose, tmp_path, monk
     assert r["status"] == "failed" and r["error"].startswith("NonFiniteLoss: the training loss became nan at step 5")
     assert kept in r["error"] and "Lower train.lr (now 0.003)" in r["error"]
     assert os.path.exists(tmp_path / "checkpoints" / "last.pt") == (ckpt_every == 2)
+
+
+def test_a_checkpoint_from_before_the_objective_and_options_settings_still_resumes(reference, tmp_path):
+    """Checkpoints written before `objective` and `data.options` existed hold neither: they count as the defaults,
+    so such a run is evaluated (or resumed) rather than refused."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    path = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    del state["identity"]["objective"], state["identity"]["data"]["options"]
+    torch.save(state, path)
+    p = run_cli(*RUN, "stages=[eval]", f"hydra.run.dir={run_dir}")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert _record(run_dir)["eval"]["loss"] == _record(reference)["eval"]["loss"]

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from runner import run_folder as rf
-from runner.track import Tracker, atomic_write
+from runner.common import atomic_write
+from runner.track import Tracker
 
 CFG = {"stages": ["train", "eval", "bench"], "seq_len": 32, "eval": {"tasks": ["ppl"]}, "bench": {"lengths": [16]}}
 
@@ -136,17 +137,17 @@ def test_leftovers_go_and_unreadable_records_are_kept_aside(tmp_path):
 
 
 def test_a_writer_failing_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch):
-    import runner.track
+    import runner.common
 
     def writer(tmp):
         open(tmp, "wb").write(b"partial")
         raise RuntimeError("unexpected pos 704 vs 598")  # what torch.save says when the disk fills up
 
-    monkeypatch.setattr(runner.track, "_nearly_full", lambda folder, margin=0: True)
+    monkeypatch.setattr(runner.common, "_nearly_full", lambda folder, margin=0: True)
     with pytest.raises(OSError) as e:
         atomic_write(str(tmp_path / "last.pt"), writer)
     assert e.value.errno == errno.ENOSPC and os.listdir(tmp_path) == []
-    monkeypatch.setattr(runner.track, "_nearly_full", lambda folder, margin=0: False)
+    monkeypatch.setattr(runner.common, "_nearly_full", lambda folder, margin=0: False)
     with pytest.raises(RuntimeError, match="unexpected pos"):  # with room left it is not a full disk
         atomic_write(str(tmp_path / "last.pt"), writer)
 

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
                   f"grad rel {r['grad_rel']:.2e}")
     if not a.skip_throughput:
         report["throughput"] = throughput(device, a.lengths, with_fla=why is None)
-    from runner.track import atomic_write_text
+    from runner.common import atomic_write_text
 
     atomic_write_text(a.out, json.dumps(report, indent=1))
     print(f"written {a.out}")

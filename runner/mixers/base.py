@@ -14,7 +14,8 @@ its kind:
 * ``flops_per_token(n)``: forward FLOPs of one token at context length ``n`` (matmul FLOPs, 2 per MAC).
 * ``self.d_model`` is set by every mixer.
 * ``residual_out``: the names of the projections into the residual stream (for the scaled initialisation);
-  ``aux_loss``: an extra loss from the last forward, or None.
+  ``aux_loss``: an extra loss from the last forward, or None; ``bidirectional``: whether it can run without the
+  causal mask (False for all so far: causal only).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class Mixer(nn.Module):
     residual_out: tuple = ()
     # a loss the mixer adds to the model's from its last forward (the sparse-attention indexer's KL), or None
     aux_loss: Optional[torch.Tensor] = None
+    # True when the mixer can also run without its causal mask (every position sees the whole sequence), as a
+    # non-causal objective needs (runner/objectives); every mixer here is causal only, so far
+    bidirectional: bool = False
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError

@@ -32,9 +32,14 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..evaluate import IGNORE, per_position
+from ..scoring import IGNORE, per_position
 
 GEN_VERSION = 1  # bump when the generator's output changes
+
+# as a data source (runner/sources) and as an evaluation task (runner/evals)
+PROVIDES = {"mqar"}  # its test set, for the mqar task
+TOKENIZERS = ("bytes",)  # synthetic token ids: no tokenizer applies
+NEEDS = "mqar"
 
 
 @dataclass
@@ -254,3 +259,87 @@ def evaluate_mqar(model, test: MQARSet, batch_size: int, device: torch.device) -
                     row["by_distance"].append({"min": lo, "max": hi - 1, "accuracy": float(ok[mk].mean()),
                                                "queries": int(mk.sum())})
     return out
+
+
+# ------------------------------------------------------------------------ the source and the task (registries)
+
+
+def source_problems(c) -> list[str]:
+    """The settings of data=mqar, against each other and seq_len."""
+    import math as _m
+
+    d, out = c.data, []
+
+    def whole(key, v, lo, hi, eg, why=""):
+        if not (isinstance(v, int) and lo <= v <= hi):
+            out.append(f"{key}={v} must be a whole number in [{lo}, {hi}]{why}, e.g. {eg}")
+
+    whole("data.vocab_size", d.vocab_size, 4, 1_000_000, "8192", " (the MQAR token vocabulary)")
+    if not d.num_kv_pairs:
+        out.append("data.num_kv_pairs must be a non-empty list, e.g. [2, 4, 8]")
+    if d.test_num_kv_pairs is not None and not d.test_num_kv_pairs:
+        out.append("data.test_num_kv_pairs must be null (= num_kv_pairs) or a non-empty list, e.g. [4, 8, 16]")
+    for key, kvs in (("num_kv_pairs", d.num_kv_pairs), ("test_num_kv_pairs", d.test_num_kv_pairs or [])):
+        for kv in kvs:
+            why = check(c.seq_len, kv, d.vocab_size) if isinstance(c.seq_len, int) and c.seq_len >= 1 else None
+            if why is not None:
+                out.append(f"data.{key}={list(kvs)} with data.vocab_size={d.vocab_size}, seq_len={c.seq_len}: {why}")
+    whole("data.n_train", d.n_train, 1, 1 << 28, "100000")
+    whole("data.n_test", d.n_test, 1, 1 << 24, "1000")
+    if not (isinstance(d.alpha, (int, float)) and _m.isfinite(d.alpha) and d.alpha > 0):
+        out.append(f"data.alpha={d.alpha} must be > 0 (Zoology: 0.01)")
+    whole("data.seed", d.seed, 0, (2**32 - 2) // 2, "0", " (training examples come from 2*seed, test examples from "
+                                                           "2*seed+1)")
+    return out
+
+
+def load(d, seq_len: Optional[int] = None, log=None) -> MQARData:
+    if seq_len is None:
+        raise ValueError("data=mqar needs the sequence length (the top-level seq_len)")
+    return MQARData(d, seq_len)
+
+
+def notes(c) -> list[str]:
+    if "eval" in c.stages and "mqar" not in c.eval.tasks:
+        return ["note: add eval.tasks=[ppl,mqar] for the recall accuracy by number of pairs and by distance"]
+    return []
+
+
+def task_problems(c) -> list[str]:
+    return []
+
+
+def run(ctx) -> dict:
+    return {"mqar": evaluate_mqar(ctx.model, ctx.data.test, ctx.cfg.eval.batch_size, ctx.device)}
+
+
+def describe(ev: dict) -> list[str]:
+    if "mqar" not in ev:
+        return []
+    m = ev["mqar"]
+    per = ", ".join(f"{r['num_kv_pairs']} pairs {r['accuracy']:.3f}" for r in m["by_num_kv_pairs"])
+    return [f"  mqar: accuracy {m['accuracy']:.3f} ({per})"]
+
+
+def _by_pairs(ev: dict) -> dict:
+    return {r["num_kv_pairs"]: r["accuracy"] for r in (ev.get("mqar") or {}).get("by_num_kv_pairs", [])
+            if isinstance(r, dict) and "num_kv_pairs" in r}
+
+
+CSV = {"mqar_accuracy": lambda ev: (ev.get("mqar") or {}).get("accuracy")}
+
+
+def report_lines(jobs: list, table, fmt) -> list[str]:
+    """The sweep report's recall table: accuracy by number of pairs, one row per completed job that has it."""
+    recall = [(j, _by_pairs(j["results"].get("eval") or {})) for j in jobs]
+    recall = [(j, by) for j, by in recall if by]
+    if not recall:
+        return []
+    pairs = sorted({k for _, by in recall for k in by})
+    lines = ["## Recall (MQAR)", "",
+             "Accuracy on the held-out test examples (full length, every query scored), by number of key-value "
+             "pairs.", ""]
+    return lines + table(["config", "layers", *(f"{k} pairs" for k in pairs), "all"],
+                         [[j["label"], j["layer_types"], *(fmt(by.get(k), ".3f") for k in pairs),
+                           fmt(CSV["mqar_accuracy"](j["results"].get("eval") or {}), ".3f")]
+                          for j, by in recall]) + [""]

@@ -1,0 +1,138 @@
+"""Small helpers several layers share: atomic file writes, byte formatting, and the power-law arithmetic of cost
+versus n (the scaling exponent of a cost, the crossover of two cost curves) that the bench stage and the sweep
+report both use."""
+from __future__ import annotations
+
+import errno
+import importlib
+import math
+import os
+import shutil
+from types import ModuleType
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+
+def lazy_registry(entries: dict, unknown: str) -> tuple[Callable[[], list], Callable[[str], ModuleType]]:
+    """``names()`` and ``get(name)`` of a registry {name: module path}: the module is imported when asked, so a
+    schema can name every entry without importing any. ``unknown`` formats the error for a name not in it, from
+    ``name`` and ``allowed``."""
+    def names() -> list:
+        return list(entries)
+
+    def get(name: str) -> ModuleType:
+        if name not in entries:
+            raise ValueError(unknown.format(name=name, allowed=names()))
+        return importlib.import_module(entries[name])
+
+    return names, get
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Write ``path`` so that a reader (or a resumed run) sees the old file or the new one, never part of one:
+    ``write(tmp)`` writes a temporary file in the same folder, which is flushed to disk and renamed over ``path``;
+    on any failure the temporary file is removed and ``path`` is left as it was. A writer that fails in its own way
+    when the disk fills up (torch.save raises a RuntimeError about the file position) is reported as the full disk
+    it met (OSError ENOSPC), so that the message can say so."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        try:
+            write(tmp)
+        except Exception as e:
+            if not isinstance(e, OSError) and _nearly_full(d):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+            raise
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _nearly_full(folder: str, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _pos(v: Any) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def scaling_exponent(ns: Sequence[float], values: Sequence[Optional[float]]) -> Optional[float]:
+    """Slope of log(value) against log(n) by least squares over the upper half of the ladder (the largest
+    ceil(k/2) of the k usable points, at least 2), where the asymptotic cost dominates: ~2 for a cost quadratic
+    in n, ~1 linear, ~0 constant. Points with a missing, zero or non-finite value are not usable. None when
+    fewer than 2 usable points (or a single distinct n) remain."""
+    pts = sorted((float(n), float(v)) for n, v in zip(ns, values) if _pos(n) and _pos(v))
+    if len(pts) < 2:
+        return None
+    pts = pts[-max(2, math.ceil(len(pts) / 2)):]
+    xs = [math.log(n) for n, _ in pts]
+    ys = [math.log(v) for _, v in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+def _series(rows: Optional[Iterable[dict]], key: str) -> dict[float, float]:
+    out = {}
+    for r in rows or []:
+        if not isinstance(r, dict) or r.get("status", "ok") != "ok":
+            continue
+        n, v = _pos(r.get("n")), _pos(r.get(key))
+        if n is not None and v is not None:
+            out[n] = v
+    return out
+
+
+def crossover(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optional[float]:
+    """The smallest n from which configuration a costs less than b in ``key`` (time or bytes: lower is better)
+    for the rest of the ladder, located by linear interpolation in log-log between the ladder points where the
+    sign of log(a/b) last changes. The smallest common n when a is cheaper at every common n; None when a is
+    not cheaper at the largest common n (never within the ladder) or the two share no measured n."""
+    a, b = _series(rows_a, key), _series(rows_b, key)
+    ns = sorted(set(a) & set(b))
+    if not ns:
+        return None
+    d = [math.log(a[n]) - math.log(b[n]) for n in ns]
+    if d[-1] >= 0:
+        return None
+    i = len(d) - 1
+    while i > 0 and d[i - 1] < 0:
+        i -= 1
+    if i == 0:
+        return ns[0]
+    d0, d1 = d[i - 1], d[i]  # d0 >= 0 > d1
+    t = d0 / (d0 - d1)
+    return math.exp(math.log(ns[i - 1]) + t * (math.log(ns[i]) - math.log(ns[i - 1])))
+
+
+# ------------------------------------------------------------------------------------------ collecting jobs
