@@ -167,7 +167,7 @@ class Plan:
     path: Optional[str] = None
     same_weights: bool = True  # the previous record's sections were measured on these weights
     train_done: bool = False  # the checkpoint holds the whole training: nothing left to train
-    adopted: dict = field(default_factory=dict)  # {key: [this command, checkpoint]} taken from the checkpoint
+    adopted: dict = field(default_factory=dict)  # {key: [checkpoint, this command]}: settings taken from the checkpoint
 
     def describe(self) -> dict:
         out: dict = {"source": self.source}
@@ -206,7 +206,7 @@ def plan(cfg, run_dir: str, previous: Optional[dict], log=print) -> Plan:
             raise FolderConflict(
                 f"weights=random measures an untrained model, but {run_dir} holds a trained checkpoint ({path}): "
                 f"choose another run folder (hydra.run.dir=...), or drop weights=random to measure the trained one")
-        same = (previous or {}).get("weights", {}).get("source") == "random" and not _differences(
+        same = ((previous or {}).get("weights") or {}).get("source") == "random" and not _differences(
             {k: (previous.get("config") or {}).get(k) for k in IDENTITY_KEYS if k not in NOT_ADOPTED},
             {k: v for k, v in identity(cfg).items() if k not in NOT_ADOPTED})
         return Plan(cfg, "random", same_weights=same)

@@ -1,8 +1,10 @@
-"""One run: validate the config, load the data, build the model, run the stages, write the results.
+"""One attempt on a run folder: validate the config (and that it fits the machine), lock the folder, decide which
+weights the stages use (runner/checkpoint.plan), then data, model and the stages, recording every ending.
 
-A configuration error stops the run before any work with the list of problems. In a multirun sweep every job
-records its outcome (also a failure, with the error) in its results.json and the sweep goes on; a single run
-exits non-zero on failure.
+What cannot run is refused before any work: an invalid configuration with the list of problems, a folder that is
+held or cannot be written, a configuration that does not fit the folder's checkpoint. In a multirun sweep every job
+records its outcome (also a failure, with the error) in its results.json and the sweep goes on; a single run exits
+with the status the README lists (2 refused, 1 failed with a message, 130 / 143 interrupted).
 """
 from __future__ import annotations
 

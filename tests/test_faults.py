@@ -118,13 +118,15 @@ def test_sigterm_in_each_stage_records_interrupted_exits_143_and_the_rerun_compl
     # a longer evaluation and a bench ladder, so that the signal lands inside each stage
     slow = [*RUN, "stages=[train,eval,bench]", "eval.max_tokens=65536", "eval.tasks=[ppl,extrapolation]",
             "eval.extrapolation_factors=[2,4,8]", "bench.lengths=[64,128,256,512,1024]", "bench.repeats=3"]
-    waits = {"train": lambda d: _ckpt_step(d) >= 10, "eval": lambda d: "train" in _record(d),
-             "bench": lambda d: "eval" in _record(d)}
-    for stage, ready in waits.items():
+    # training: at step 8 of 40 (the 32 steps left take over a second); eval and bench: a moment after the stage
+    # before them recorded its section
+    waits = {"train": (lambda d: max(_steps(d)[0], default=0) >= 8, 0.0),
+             "eval": (lambda d: "train" in _record(d), 0.2), "bench": (lambda d: "eval" in _record(d), 0.2)}
+    for stage, (ready, pause) in waits.items():
         run_dir = tmp_path / stage
         proc = _start(run_dir, *slow)
         _wait(lambda: ready(run_dir), proc, what=f"the {stage} stage")
-        time.sleep(0.2)
+        time.sleep(pause)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 143, out[-3000:]
