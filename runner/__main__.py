@@ -28,9 +28,41 @@ def _quiet_secondary_ranks() -> None:
                      "hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 
+def _seeds_short_form(argv: list[str]) -> list[str]:
+    """``seeds=N`` on the command line is a sweep over ``seed=0..N-1`` (``-m seed=range(N)``), every other setting
+    as given; each seed is one job, and the report groups them."""
+    import re
+    import sys
+
+    out, n = [], None
+    for a in argv:
+        m = re.fullmatch(r"seeds=(.*)", a)
+        if m is None:
+            out.append(a)
+            continue
+        if not re.fullmatch(r"[1-9][0-9]{0,2}", m.group(1)):
+            sys.stderr.write(f"error: seeds={m.group(1)} must be a whole number of seeds in [1, 999], e.g. seeds=3 "
+                             f"(a sweep over seed=0..2)\n")
+            raise SystemExit(2)
+        n = int(m.group(1))
+    if n is None:
+        return argv
+    if any(a.startswith("seed=") for a in out):
+        sys.stderr.write(f"error: seeds={n} and seed= were both given; seeds={n} means seed=0..{n - 1}: give one "
+                         f"of them\n")
+        raise SystemExit(2)
+    out.append(f"seed=range({n})")
+    if "-m" not in out and "--multirun" not in out:
+        out.insert(1, "-m")
+    return out
+
+
 if __name__ == "__main__":
+    import sys
+
     from .stops import exit_code
 
+    sys.argv = _seeds_short_form(sys.argv)
     _quiet_secondary_ranks()
     try:
         main()

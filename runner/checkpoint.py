@@ -110,7 +110,8 @@ def _show(diff: dict, limit: int = 8) -> str:
 
 def explicit_keys() -> Optional[set]:
     """The config keys the command line set (``seq_len``, ``model.d_model``, a group such as ``model``), from
-    Hydra's record of the overrides; with ``experiment=NAME``, the keys that study sets. None outside Hydra."""
+    Hydra's record of the overrides; with ``experiment=NAME`` or ``arch=NAME``, the keys that study or preset sets.
+    None outside Hydra."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -120,17 +121,17 @@ def explicit_keys() -> Optional[set]:
     keys = set()
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-        if key == "experiment":
-            keys |= _experiment_keys(o.split("=", 1)[1] if "=" in o else "")
+        if key in ("experiment", "arch"):
+            keys |= _preset_keys(key, o.split("=", 1)[1] if "=" in o else "")
         elif key and not key.startswith("hydra"):
             keys.add(key)
     return keys
 
 
-def _experiment_keys(name: str) -> set:
-    from .paths import EXPERIMENTS_DIR
+def _preset_keys(group: str, name: str) -> set:
+    from .paths import CONF_DIR, EXPERIMENTS_DIR
 
-    path = os.path.join(EXPERIMENTS_DIR, f"{name}.yaml")
+    path = os.path.join(EXPERIMENTS_DIR if group == "experiment" else os.path.join(CONF_DIR, group), f"{name}.yaml")
     if not os.path.exists(path):
         return set()
     node = OmegaConf.to_container(OmegaConf.load(path))

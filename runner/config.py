@@ -74,7 +74,8 @@ class DataConfig:
 class TrainConfig:
     steps: int = 300
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: Any = 3e-3  # a rate, or 'tuned': the rate train.lr_table gives this configuration (runner/tuned_lr.py)
+    lr_table: Optional[str] = None  # with lr=tuned: the tuned_lr.json of a learning-rate sweep (experiment=lr)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 30
     weight_decay: float = 0.1
@@ -256,7 +257,11 @@ def validate(cfg: DictConfig | Config) -> dict:
     need(not isinstance(t.batch_size, int) or t.batch_size % world == 0,
          f"train.batch_size={t.batch_size} (the global batch) must be divisible by the {world} processes torchrun "
          f"started")
-    need(finite(t.lr) and 0 < t.lr <= 10, f"train.lr={t.lr} must be in (0, 10], e.g. 3e-3")
+    tuned = t.lr == "tuned"
+    need(tuned or (finite(t.lr) and not isinstance(t.lr, bool) and 0 < t.lr <= 10),
+         f"train.lr={t.lr!r} must be a rate in (0, 10], e.g. 3e-3, or 'tuned' (the rate train.lr_table gives)")
+    need(tuned or t.lr_table is None, f"train.lr_table={t.lr_table!r} is read only with train.lr=tuned (train.lr is "
+                                      f"{t.lr!r}): drop one of them")
     need(finite(t.min_lr_ratio) and 0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
     whole("train.warmup_steps", t.warmup_steps, 0, None, "30")
     need(finite(t.weight_decay) and 0 <= t.weight_decay <= 10,
@@ -341,6 +346,15 @@ def validate(cfg: DictConfig | Config) -> dict:
         facts["layer_types"] = layer_types(n_layers, c.ratio, c.pattern)
     except ValueError as e:
         problems.append(str(e))
+    if tuned and "layer_types" in facts:
+        from .tuned_lr import lookup
+
+        entry, notes = lookup(OmegaConf.to_container(OmegaConf.structured(c), resolve=True),
+                              "".join(facts["layer_types"]))
+        if entry is None:
+            problems.extend(notes)
+        else:
+            facts["tuned_lr"], facts["notes"] = entry, notes
     used = set(facts.get("layer_types", ["L", "F"]))
     for key, letter in (("attention", "L"), ("full", "F")):
         spec = dict(getattr(c, key))

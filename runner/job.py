@@ -83,6 +83,8 @@ def _validated(cfg) -> dict:
     from . import fit
 
     facts = validate(cfg)
+    if "tuned_lr" in facts:  # train.lr=tuned: the rate of the table, recorded as the rate trained at
+        cfg.train.lr = float(facts["tuned_lr"]["lr"])
     dev = str(cfg.device)
     device_type = "cuda" if dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available()) else "cpu"
     why = fit.problem(cfg, facts, device_type)
@@ -118,6 +120,11 @@ def _attempt(cfg, run_dir: str, multirun: bool, console: Console) -> dict:
     stages = list(cfg.stages) if OmegaConf.select(cfg, "stages") is not None else []
     try:
         facts, invalid = _validated(cfg), None
+        if "tuned_lr" in facts:
+            console.print(f"train.lr=tuned: {facts['tuned_lr']['lr']:g} from {escape(str(cfg.train.lr_table))} "
+                          f"(eval loss {facts['tuned_lr'].get('loss', float('nan')):.4f} there)")
+        for note in facts.get("notes", ()):
+            console.print(f"[yellow]warning:[/] {escape(note)}")
     except ConfigError as e:
         facts, invalid = None, e
         if not multirun:  # refused before anything is touched, the folder included

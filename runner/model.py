@@ -128,6 +128,11 @@ class HybridLM(nn.Module):
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         return sum(m.state_bytes(batch, n, dtype) for m in self.mixers)
 
+    def train_flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs of one token of a window of ``seq_len``: forward and backward, about three forwards
+        (Kaplan et al. 2020), at the window's mean context (seq_len + 1) / 2 of a causal model."""
+        return 3 * self.flops_per_token(max(1, (seq_len + 1) // 2))
+
     def flops_per_token(self, n: int) -> int:
         """Forward FLOPs of one token at context n: mixers + MLPs + head."""
         mlp = sum(2 * sum(p.numel() for p in b.mlp.parameters()) for b in self.blocks)

@@ -19,6 +19,9 @@ import os
 from typing import Any, Iterable, Optional, Sequence
 
 from .common import atomic_write, fmt_bytes
+from .stats import LEVEL
+
+LEVEL_TEXT = f"{LEVEL:.0%}"
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 DPI = 110
@@ -199,21 +202,52 @@ def run_plots(results: dict, out_dir: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------- sweep
 
 
+def _merged(runs: Sequence[list[dict]], key: str, scale: float) -> tuple[list[float], list[float], list]:
+    """The runs of one configuration (its seeds) at each n, for a log axis: the geometric mean and the 95% interval
+    of the mean of log(value) (a factor either side; costs vary by factors, and an interval on a log axis must stay
+    above zero), as matplotlib's asymmetric error [below, above]; no error with one run."""
+    from .stats import interval
+
+    at: dict[float, list[float]] = {}
+    for rows in runs:
+        for x, y in zip(*_xy(rows, key, scale)):
+            if y > 0:
+                at.setdefault(x, []).append(y)
+    xs = sorted(at)
+    means, below, above = [], [], []
+    for x in xs:
+        s = interval(math.log(y) for y in at[x])
+        mid = math.exp(s["mean"])
+        means.append(mid)
+        below.append(mid - math.exp(s["low"]) if s["low"] is not None else 0.0)
+        above.append(math.exp(s["high"]) - mid if s["high"] is not None else 0.0)
+    return xs, means, [below, above]
+
+
 def _lines_by_config(series: Sequence[tuple[str, list[dict]]], panels, title: str, path: str) -> Optional[str]:
-    """One figure with a panel per (key, scale, y label, formatter, panel title); one line per configuration."""
-    series = [(label, ok_rows(rows)) for label, rows in series]
-    series = [(label, rows) for label, rows in series if rows]
-    if not series:
+    """One figure with a panel per (key, scale, y label, formatter, panel title); one line per configuration: the
+    geometric mean over the series that share its label (its seeds), with error bars of the 95% interval in log
+    space when there are several (:func:`_merged`)."""
+    by_label: dict[str, list[list[dict]]] = {}
+    for label, rows in series:
+        rows = ok_rows(rows)
+        if rows:
+            by_label.setdefault(label, []).append(rows)
+    if not by_label:
         return None
     fig, axes = _figure(len(panels), 5.2 * len(panels) + 2.5, 5.0)
-    colors = _colors(len(series))
+    colors = _colors(len(by_label))
     handles = {}
     for ax, (key, scale, ylabel, fmt, ptitle) in zip(axes, panels):
         all_ns = []
-        for i, (label, rows) in enumerate(series):
-            xs, ys = _xy(rows, key, scale)
+        for i, (label, runs) in enumerate(by_label.items()):
+            xs, ys, errs = _merged(runs, key, scale)
             if xs:
-                (h,) = ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], color=colors[i], label=label)
+                style = dict(marker=MARKERS[i % len(MARKERS)], color=colors[i], label=label)
+                if any(errs[0]) or any(errs[1]):
+                    h = ax.errorbar(xs, ys, yerr=errs, capsize=3, **style)
+                else:
+                    (h,) = ax.plot(xs, ys, **style)
                 handles.setdefault(label, h)
                 all_ns += xs
         _log_n_axis(ax, all_ns)
@@ -226,7 +260,8 @@ def _lines_by_config(series: Sequence[tuple[str, list[dict]]], panels, title: st
         ax.grid(True, which="both", alpha=0.3)
     if not handles:
         return None
-    fig.suptitle(title)
+    seeds = max(len(runs) for runs in by_label.values())
+    fig.suptitle(title + (f"; over seeds: geometric mean, bars the {LEVEL_TEXT} interval" if seeds > 1 else ""))
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=8,
                title="configuration")
     return _save(fig, path)
@@ -252,14 +287,34 @@ def sweep_scaling_plots(series: Sequence[tuple[str, list[dict]]], out_dir: str) 
     return out
 
 
+def _seed_means(points: Sequence[dict], by: tuple, keys: tuple) -> list[dict]:
+    """Points that share the ``by`` fields (the seeds of one configuration) as one: the mean of each of ``keys``
+    and, as ``<key>_err``, the half-width of its 95% interval (0 for a single point)."""
+    from .stats import interval
+
+    merged: dict[tuple, list[dict]] = {}
+    for p in points:
+        merged.setdefault(tuple(p.get(b) for b in by), []).append(p)
+    out = []
+    for same in merged.values():
+        q = dict(same[0])
+        for k in keys:
+            s = interval(_pos(p.get(k)) for p in same)
+            q[k], q[f"{k}_err"] = s["mean"], s["half"] or 0.0
+        out.append(q)
+    return out
+
+
 def quality_vs_ratio_plot(points: Sequence[dict], out_path: str) -> Optional[str]:
-    """bpb and perplexity versus the fraction of full layers, one line per ``group`` (the efficient mixer).
+    """bpb and perplexity versus the fraction of full layers, one line per ``group`` (the efficient mixer); points
+    of the same group and layout (seeds) are drawn as their mean with the 95% interval as error bars.
 
     points: dicts with group, fraction (0..1), layout (e.g. '3:1', written beside the point), bpb, ppl and
     optionally unigram_bpb (drawn as the floor to beat)."""
     points = [p for p in points if p.get("fraction") is not None and (_pos(p.get("bpb")) or _pos(p.get("ppl")))]
     if not points:
         return None
+    points = _seed_means(points, ("group", "fraction", "layout"), ("bpb", "ppl"))  # seeds, not layouts
     groups: dict[str, list[dict]] = {}
     for p in points:
         groups.setdefault(p["group"], []).append(p)
@@ -271,8 +326,12 @@ def quality_vs_ratio_plot(points: Sequence[dict], out_path: str) -> Optional[str
             pts = sorted((p for p in pts if _pos(p.get(key))), key=lambda p: p["fraction"])
             if not pts:
                 continue
-            xs, ys = [p["fraction"] for p in pts], [p[key] for p in pts]
-            ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], color=colors[i], label=g)
+            xs, ys, errs = [p["fraction"] for p in pts], [p[key] for p in pts], [p[f"{key}_err"] for p in pts]
+            style = dict(marker=MARKERS[i % len(MARKERS)], color=colors[i], label=g)
+            if any(errs):
+                ax.errorbar(xs, ys, yerr=errs, capsize=3, **style)
+            else:
+                ax.plot(xs, ys, **style)
             for p in pts:
                 if p.get("layout"):
                     ax.annotate(str(p["layout"]), (p["fraction"], p[key]), textcoords="offset points",
@@ -314,9 +373,11 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
 def tradeoff_plot(points: Sequence[dict], n: Optional[int], out_path: str) -> Optional[str]:
     """Quality versus cost at one context length n: bpb vs decode ms/token, and bpb vs state bytes, each with
     its Pareto front (no configuration both cheaper and better). points: dicts label, bpb, decode_s_per_token,
-    state_bytes."""
+    state_bytes; points of one label (its seeds) are drawn as their mean with 95% intervals as error bars."""
     panels = (("decode_s_per_token", 1e3, "decode time per token (ms, log)", _plain, "bpb vs decode time"),
               ("state_bytes", 1.0, "state / KV cache (bytes, log)", _bytes_label, "bpb vs state size"))
+    points = _seed_means([p for p in points if _pos(p.get("bpb"))], ("label",),
+                         ("bpb", "decode_s_per_token", "state_bytes"))
     usable = [[p for p in points if _pos(p.get("bpb")) and _pos(p.get(k))] for k, *_ in panels]
     if not any(usable):
         return None
@@ -332,6 +393,9 @@ def tradeoff_plot(points: Sequence[dict], n: Optional[int], out_path: str) -> Op
         xs = [p[key] * scale for p in pts]
         ys = [p["bpb"] for p in pts]
         for i, p in enumerate(pts):
+            if p["bpb_err"] or p[f"{key}_err"]:
+                ax.errorbar([xs[i]], [ys[i]], xerr=[p[f"{key}_err"] * scale], yerr=[p["bpb_err"]], fmt="none",
+                            ecolor=color[p["label"]], capsize=3, zorder=2)
             h = ax.scatter([xs[i]], [ys[i]], color=color[p["label"]], s=45, zorder=3,
                            marker=MARKERS[labels.index(p["label"]) % len(MARKERS)])
             handles.setdefault(p["label"], h)
@@ -347,6 +411,35 @@ def tradeoff_plot(points: Sequence[dict], n: Optional[int], out_path: str) -> Op
         ax.set_title(title + " (circled: Pareto front)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"quality vs cost at n = {n:,} tokens" if n else "quality vs cost")
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=8,
+               title="configuration")
+    return _save(fig, out_path)
+
+
+def compute_plot(curves: Sequence[tuple[str, list[dict]]], out_path: str) -> Optional[str]:
+    """loss_vs_compute.png: validation loss against training FLOPs and against training seconds, one line per job,
+    one colour per configuration (its seeds share it)."""
+    curves = [(label, c) for label, c in curves if c]
+    if not curves:
+        return None
+    labels = list(dict.fromkeys(label for label, _ in curves))
+    color = dict(zip(labels, _colors(len(labels))))
+    fig, axes = _figure(2, 13.0, 5.0)
+    handles = {}
+    for ax, key, xlabel in ((axes[0], "flops", "training compute (FLOPs, forward + backward; log)"),
+                            (axes[1], "train_s", "training time (s; log)")):
+        for label, c in curves:
+            pts = [(r[key], r["val_loss"]) for r in c if _pos(r.get(key))]
+            if pts:
+                (h,) = ax.plot([x for x, _ in pts], [y for _, y in pts], color=color[label],
+                               marker=MARKERS[labels.index(label) % len(MARKERS)], markersize=3, alpha=0.8)
+                handles.setdefault(label, h)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("loss vs compute (compare at equal FLOPs, not equal steps)", fontsize=10)
+    axes[1].set_title("loss vs wall-clock training time", fontsize=10)
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=8,
                title="configuration")
     return _save(fig, out_path)

@@ -39,7 +39,7 @@ TIME_KEYS = ("train_step_s", "prefill_s", "decode_s_per_token")
 MEMORY_KEYS = ("train_peak_bytes", "prefill_peak_bytes", "state_bytes")
 CROSSOVER_KEYS = (("train_step_s", "train step"), ("prefill_s", "prefill"), ("decode_s_per_token", "decode"),
                   ("train_peak_bytes", "train peak memory"))
-PLOT_FILES = ("memory_vs_n.png", "time_vs_n.png", "quality_vs_ratio.png", "tradeoff.png")
+PLOT_FILES = ("memory_vs_n.png", "time_vs_n.png", "quality_vs_ratio.png", "tradeoff.png", "loss_vs_compute.png")
 SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__"}
 
 def _task_columns() -> dict:
@@ -54,7 +54,8 @@ def csv_columns() -> list[str]:
     evaluation tasks' own columns, and the cost-versus-n figures."""
     return ["job", "attention", "full", "ratio", "pattern", "layer_types", "full_fraction", "model", "seq_len", "seed",
             "n_params", "status", "error", "train_tokens_per_s", "final_loss", "eval_loss", "ppl", "bpb",
-            "unigram_bpb", *_task_columns(), "n_common", "decode_ms_per_token", "train_peak_bytes", "state_bytes",
+            "unigram_bpb", *_task_columns(), "train_flops", "val_loss_at_budget", "flops_budget", "n_common",
+            "decode_ms_per_token", "train_peak_bytes", "state_bytes",
             *(f"exp_{k}" for k in TIME_KEYS + MEMORY_KEYS),
             "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS)]
 
@@ -134,6 +135,10 @@ def _job(path: str, sweep_dir: str) -> dict:
               and _pos(r.get("n"))],
     )
     job["ok"] = status == "completed"
+    from .compute import val_curve
+
+    job["curve"] = val_curve(folder)
+    job["train_flops"] = job["curve"][-1]["flops"] if job["curve"] else None
     return job
 
 
@@ -147,11 +152,51 @@ def _mixers(job: dict) -> set:
     return used
 
 
+SHOWN = {"attention.name", "full.name", "model.name", "ratio", "pattern", "seq_len", "seed"}  # in a label already
+UNCOMPARED = ("seed", "resume", "logger.", "device", "stages", "weights")  # settings that do not make a configuration
+
+
+def _flat(d: Any, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: json.dumps(d, sort_keys=True) if isinstance(d, list) else d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _varying(jobs: list[dict]) -> list[str]:
+    """The settings beyond those a label shows (mixers, layout, size, seq_len, seed) that differ between the jobs,
+    e.g. train.lr in a learning-rate sweep: a configuration is everything but the seed. A setting of a mixer or a
+    model size counts only where it differs between jobs of the same name (attention.chunk_size of one mixer)."""
+    flats = [_flat(j["results"]["config"]) for j in jobs if isinstance(j["results"].get("config"), dict)
+             and j["results"]["config"]]  # a job without a recorded config (unreadable) varies nothing
+    keys = sorted({k for f in flats for k in f} - SHOWN)
+    out = []
+    for k in keys:
+        if k.startswith(UNCOMPARED) or k in UNCOMPARED:
+            continue
+        group = k.split(".")[0]
+        if group in ("attention", "full", "model", "objective"):
+            values: dict = {}
+            for f in flats:
+                values.setdefault(f.get(f"{group}.name"), set()).add(repr(f.get(k)))
+            if any(len(v) > 1 for v in values.values()):
+                out.append(k)
+        elif len({repr(f.get(k)) for f in flats}) > 1:
+            out.append(k)
+    return out
+
+
 def _label(jobs: list[dict]) -> None:
     """A short label per job naming what varies: 'gated_deltanet 3:1 small', plus the full mixer when the sweep
-    varies it, T=seq_len and seed when they vary. Ties between completed jobs get the job folder appended."""
+    varies it, T=seq_len and seed when they vary, and ``key=value`` for every other setting that varies
+    (:func:`_varying`, e.g. train.lr=0.001); ``config`` is the same without the seed (what a configuration's seeds
+    share), ``settings`` the other varying settings. Ties between completed jobs get the job folder appended to
+    the label."""
     varies = lambda k: len({j[k] for j in jobs}) > 1  # noqa: E731
     vary_full, vary_t, vary_seed = varies("full"), varies("seq_len"), varies("seed")
+    others = _varying(jobs)
     for j in jobs:
         lt = j["layer_types"]
         names = []
@@ -159,11 +204,16 @@ def _label(jobs: list[dict]) -> None:
             names.append(str(j["attention"]))
         if "F" in lt and ("L" not in lt or vary_full):
             names.append(str(j["full"]))
-        extra = ([f"T={j['seq_len']}"] if vary_t else []) + ([f"seed={j['seed']}"] if vary_seed else [])
+        extra = [f"T={j['seq_len']}"] if vary_t else []
+        flat = _flat(j["results"].get("config") or {})
+        j["settings"] = {k: flat.get(k) for k in others}
+        settings = [f"{k}={_setting(v)}" for k, v in j["settings"].items()]
+        seed = [f"seed={j['seed']}"] if vary_seed else []
         j["layout"] = str(j["pattern"] or j["ratio"])
-        j["label"] = " ".join(["+".join(names), j["layout"], str(j["model"]), *extra])
+        j["config"] = " ".join(["+".join(names), j["layout"], str(j["model"]), *extra, *settings])
+        j["label"] = " ".join([j["config"], *seed])
         group = [str(j["attention"])] + ([f"(full {j['full']})"] if vary_full else []) + [str(j["model"])] + extra
-        j["group"] = " ".join(group)
+        j["group"] = " ".join(group + settings)
     seen: dict[str, int] = {}
     for j in jobs:
         if j["ok"]:
@@ -171,6 +221,10 @@ def _label(jobs: list[dict]) -> None:
     for j in jobs:
         if j["ok"] and seen[j["label"]] > 1:
             j["label"] += f" [{j['job']}]"
+
+
+def _setting(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _common_n(jobs: list[dict]) -> Optional[int]:
@@ -203,18 +257,25 @@ def _all_full(job: dict) -> Optional[str]:
 
 
 def _baselines(jobs: list[dict]) -> dict:
-    """(model, seq_len, full mixer) -> the first completed all-full job of that mixer with bench rows."""
+    """(model, seq_len, other varying settings, full mixer) -> the first completed all-full job of that mixer with
+    bench rows."""
     out = {}
     for j in jobs:
         if j["ok"] and j["rows"] and _all_full(j):
-            out.setdefault((j["model"], j["seq_len"], _all_full(j)), j)
+            out.setdefault((*_peers(j), _all_full(j)), j)
     return out
+
+
+def _peers(job: dict) -> tuple:
+    """What a job and its baseline share: the model size, seq_len and every other setting the sweep varies (a
+    learning-rate sweep compares each rate with the all-full model at that rate)."""
+    return job["model"], job["seq_len"], repr(sorted((job.get("settings") or {}).items()))
 
 
 def _baseline_of(job: dict, bases: dict) -> Optional[dict]:
     """A job's baseline: the all-full model of the full mixer it uses (or would use), of the same size and seq_len;
     else the all-softmax one."""
-    key = (job["model"], job["seq_len"])
+    key = _peers(job)
     return bases.get((*key, job["full"])) or bases.get((*key, "softmax"))
 
 
@@ -278,7 +339,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], crossings: list[dict],
-              front: list[dict], plots: list[str]) -> None:
+              front: list[dict], plots: list[str], seed_lines: list[str] = ()) -> None:
     done = [j for j in jobs if j["ok"]]
     notdone = [j for j in jobs if not j["ok"]]
     lines = [f"# Sweep report: {os.path.abspath(sweep_dir)}", "",
@@ -304,6 +365,7 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
                      *(_f(j[f"exp_{k}"], ".2f") for k in ("train_step_s", "prefill_s", "decode_s_per_token",
                                                           "train_peak_bytes", "state_bytes"))])
     lines += _table(header, rows) + [""]
+    lines += list(seed_lines)
 
     from . import evals
 
@@ -348,7 +410,8 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
         for p in plots:
             name = os.path.basename(p)
             lines += [f"[{name}]({name})", "", f"![{name[:-4].replace('_', ' ')}]({name})", ""]
-    lines += ["Per-job data: [summary.csv](summary.csv).", ""]
+    lines += ["Per-job data: [summary.csv](summary.csv); per configuration over its seeds: "
+              "[summary_grouped.csv](summary_grouped.csv).", ""]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -404,27 +467,79 @@ def build_report(sweep_dir: str) -> dict:
                           "points": [{"label": pts[i]["label"], "bpb": pts[i]["bpb"], "value": show(pts[i][key])}
                                      for i in idx]})
 
+    from . import compute, seeds
+
+    flops = compute.budget([j["curve"] for j in jobs if j["ok"] and j["curve"]])
+    for j in jobs:
+        j["flops_budget"] = flops if j["ok"] and j["curve"] else None
+        j["val_loss_at_budget"] = compute.loss_at(j["curve"], flops) if j["ok"] else None
+    grouped = seeds.groups(jobs)
+    seeds.compare(grouped, lambda g: _group_baseline(g, grouped))
     plots = _plots(sweep_dir, jobs, n)
     summary_csv = os.path.join(sweep_dir, "summary.csv")
+    grouped_csv = os.path.join(sweep_dir, "summary_grouped.csv")
     report_md = os.path.join(sweep_dir, "report.md")
     _write_csv(summary_csv, jobs)
-    _write_md(report_md, sweep_dir, jobs, n, crossings, front, plots)
+    seeds.write_csv(grouped_csv, grouped)
+    from . import tuned_lr
+
+    rates = tuned_lr.by_rate(grouped)
+    lr_table = os.path.join(sweep_dir, tuned_lr.TABLE) if rates else None
+    if lr_table:
+        tuned_lr.write_table(lr_table, sweep_dir, tuned_lr.entries_of(rates))
+    _write_md(report_md, sweep_dir, jobs, n, crossings, front, plots,
+              seeds.md_lines(grouped, _table) + tuned_lr.md_lines(rates, _table, lr_table) +
+              _compute_lines(jobs, flops))
     return {"jobs": [{c: j.get(c) for c in csv_columns()} for j in jobs], "n_common": n, "crossovers": crossings,
-            "summary_csv": summary_csv, "report_md": report_md, "plots": plots}
+            "groups": grouped, "tuned_lr": lr_table, "summary_csv": summary_csv, "summary_grouped_csv": grouped_csv,
+            "report_md": report_md, "plots": plots}
+
+
+def _compute_lines(jobs: list[dict], flops: Optional[float]) -> list[str]:
+    """The compute-matched view: every job's validation loss at the largest training-FLOP budget all reached."""
+    done = [j for j in jobs if j["ok"] and j["curve"]]
+    if not done:
+        return []
+    lines = ["## Compute-matched", "",
+             f"The comparison table above and its eval loss are at equal steps (each job's train.steps). Here every "
+             f"job's validation loss (periodic validation, train.eval_every) at equal training compute: the largest "
+             f"budget every job reached, {flops:.3g} FLOPs (forward + backward), interpolated in log FLOPs between "
+             f"its validation points; '-' where a job logged no validation point that early. The seeds table "
+             f"above gives it per configuration ('val loss at FLOP budget').", ""]
+    rows = [[j["job"], j["label"], f"{j['train_flops']:.3g}", _f(j["curve"][-1]["val_loss"], ".4f"),
+             _f(j["val_loss_at_budget"], ".4f")] for j in done]
+    return lines + _table(["job", "config", "train FLOPs", "val loss at the end", "val loss at the budget"],
+                          rows) + [""]
+
+
+def _group_baseline(g: dict, grouped: list[dict]) -> Optional[dict]:
+    """The baseline of a configuration: the all-full configuration of the full mixer it uses (else all softmax),
+    of the same size and seq_len."""
+    full: dict = {}
+    for x in grouped:
+        if _all_full(x["first"]):
+            full.setdefault((*_peers(x["first"]), _all_full(x["first"])), x)
+    key = _peers(g["first"])
+    return full.get((*key, g["first"]["full"])) or full.get((*key, "softmax"))
 
 
 def _plots(sweep_dir: str, jobs: list[dict], n: Optional[int]) -> list[str]:
     from . import plots as P
 
     done = [j for j in jobs if j["ok"]]
-    written = P.sweep_scaling_plots([(j["label"], j["rows"]) for j in done if j["rows"]], sweep_dir)
+    # a configuration's seeds are one line or point, their mean with the 95% interval as error bars
+    written = P.sweep_scaling_plots([(j["config"], j["rows"]) for j in done if j["rows"]], sweep_dir)
     p = P.quality_vs_ratio_plot([{"group": j["group"], "fraction": j["full_fraction"], "layout": j["layout"],
                                   "bpb": j["bpb"], "ppl": j["ppl"], "unigram_bpb": j["unigram_bpb"]}
                                  for j in done], os.path.join(sweep_dir, "quality_vs_ratio.png"))
     if p:
         written.append(p)
+    p = P.compute_plot([(j["config"], j["curve"]) for j in done if j["curve"]],
+                       os.path.join(sweep_dir, "loss_vs_compute.png"))
+    if p:
+        written.append(p)
     if n is not None:
-        p = P.tradeoff_plot([{"label": j["label"], "bpb": j["bpb"],
+        p = P.tradeoff_plot([{"label": j["config"], "bpb": j["bpb"],
                               "decode_s_per_token": _at(j, n, "decode_s_per_token"),
                               "state_bytes": _at(j, n, "state_bytes")} for j in done],
                             n, os.path.join(sweep_dir, "tradeoff.png"))

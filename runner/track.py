@@ -177,11 +177,24 @@ class NullTracker(Tracker):
         self.record.end(status, error)
 
 
+def config_label(config: dict) -> str:
+    """What the seeds of one configuration share: mixers, layout, model size, seq_len (at most 64 characters, W&B's
+    limit for a job type)."""
+    att, full = (config.get("attention") or {}).get("name"), (config.get("full") or {}).get("name")
+    layout = config.get("pattern") or config.get("ratio")
+    label = f"{att}+{full} {layout} {(config.get('model') or {}).get('name')} T={config.get('seq_len')}"
+    obj = (config.get("objective") or {}).get("name")
+    if obj and obj != "next_token":
+        label += f" {obj}"
+    return label[:64]
+
+
 def _start_wandb(run_dir: str, config: dict, lg, console: Optional[Console] = None):
     """One W&B run per job, named after the job folder; in a sweep its group is logger.group, or by default the
-    sweep folder (so a sweep's jobs sit together). ``logger.mode=online`` that cannot reach W&B within
-    ``logger.init_timeout_s`` (no network, no API key) falls back to offline with a warning: the run goes on and
-    its W&B files can be synced later (``wandb sync``)."""
+    sweep folder (so a sweep's jobs sit together), and its job type is the configuration without the seed
+    (:func:`config_label`), so that W&B's grouped charts draw a configuration's seeds as one mean with its spread.
+    ``logger.mode=online`` that cannot reach W&B within ``logger.init_timeout_s`` (no network, no API key) falls
+    back to offline with a warning: the run goes on and its W&B files can be synced later (``wandb sync``)."""
     import re
 
     import wandb
@@ -203,10 +216,11 @@ def _start_wandb(run_dir: str, config: dict, lg, console: Optional[Console] = No
         except (ValueError, ImportError, AttributeError):  # not under Hydra (tests, scripts)
             group = None
     timeout = float(getattr(lg, "init_timeout_s", 15.0))
+    job_type = config_label(config)  # the seeds of one configuration share it: W&B's grouped charts, mean and spread
 
     def start(mode: str):
-        return wandb.init(project=lg.project, entity=lg.entity, group=group, mode=mode, dir=run_dir,
-                          name=os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
+        return wandb.init(project=lg.project, entity=lg.entity, group=group, job_type=job_type, mode=mode,
+                          dir=run_dir, name=os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
                           config=config, tags=tags, reinit="finish_previous",
                           settings=wandb.Settings(silent=True, console="off", init_timeout=timeout))
 

@@ -69,6 +69,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
     opt = make_optimizer(model, tc)
     ckpt = checkpoint_path(run_dir)
     tokens_per_step = tc.batch_size * seq_len
+    flops_per_token = model.train_flops_per_token(seq_len)  # the curve's compute axis (metrics.jsonl "flops")
     start, recent, train_time, resumed_from = 0, [], 0.0, None
     state = resume_state
     if state is None and os.path.exists(ckpt):
@@ -135,12 +136,12 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             tps = (done - mark[0]) * tokens_per_step / max(train_time - mark[1], 1e-9)
             bar.update(task, advance=1, loss=f"{lm_val:.3f}", tps=f"{tps:,.0f}")
             row = None
+            base = {"step": done, "loss": lm_val, "lr": lr, "tokens": done * tokens_per_step, "tokens_per_s": tps,
+                    "flops": done * tokens_per_step * flops_per_token, "train_s": train_time}
             if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
-                row = {"step": done, "loss": lm_val, "lr": lr, "tokens": done * tokens_per_step, "tokens_per_s": tps,
-                       "grad_norm": None if gnorm is None else float(gnorm)}
+                row = {**base, "grad_norm": None if gnorm is None else float(gnorm)}
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
-                row = row or {"step": done, "loss": lm_val, "lr": lr, "tokens": done * tokens_per_step,
-                              "tokens_per_s": tps}
+                row = row or base
                 if dist_info.is_main or sharded:
                     rng = torch.get_rng_state()
                     with accel.autocast(cfg.precision, device):

@@ -33,7 +33,7 @@ def test_layouts_from_the_command_line(compose, overrides, layout):
     (["pattern=LLXF"], "'L' (efficient) and 'F'"),
     (["pattern=LLF"], "does not divide"),
     (["bench.lengths=[512,256]"], "increasing"),
-    (["train.lr=0"], "train.lr=0.0 must be in (0, 10]"),
+    (["train.lr=0"], "train.lr=0 must be a rate in (0, 10]"),
     (["+attention.nonsense=3"], "has no option(s) ['nonsense']"),
     (["attention.name=nope"], "not a known mixer"),
     (["logger.mode=sometimes"], "logger.mode"),

@@ -69,7 +69,11 @@ def _documented_commands(name: str) -> list[list[str]]:
                 i += 1
                 cmd = cmd[:-1] + " " + lines[i]
             cmd = cmd.split(" # ")[0]  # a trailing comment
-            commands.append(shlex.split(cmd)[3:])
+            from runner.__main__ import _seeds_short_form
+
+            args = [a for a in _seeds_short_form(["runner", *shlex.split(cmd)[3:]])[1:] if a != "-m"]
+            if args and args[0] == f"experiment={name}":  # a command of another study (e.g. at tuned rates)
+                commands.append(args)
         i += 1
     return commands
 
@@ -83,7 +87,10 @@ def test_experiment_is_a_documented_global_sweep(name):
     text = _text(name)
     assert text.splitlines()[0].strip() == "# @package _global_", "first line must be '# @package _global_'"
     comments = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
-    assert re.search(r"^# Question: [^?]+\?", comments, re.M), "a comment must say which question the study answers"
+    if name == "quick":  # the smoke test: it must say it answers nothing
+        assert "It answers nothing" in comments
+    else:
+        assert re.search(r"^# Question: [^?]+\?", comments, re.M), "a comment must say which question it answers"
     assert f"python -m runner experiment={name}" in text, "the comment must show how to run it"
     cfg, jobs = _jobs(name)
     assert cfg.hydra.mode.name == "MULTIRUN", "hydra.mode: MULTIRUN, so that it runs without -m"
@@ -172,22 +179,38 @@ def test_scaling_has_sizes_times_softmax_and_3_1():
     assert len({c.model.name for c, _ in _configs("scaling", gpu[1:])}) >= 2
 
 
-# studies whose question needs longer training (recall forms only after ~600 steps of the small model and needs ~3000): their
-# comment must say how long a job takes
+# studies whose question needs longer training (recall forms only after ~600 steps of the small model and needs ~3000)
 LONG = {"mqar": 25_000_000}
+# studies with one seed by default, and why their comment gives: quick answers nothing (a smoke test), context
+# measures costs (the seed does not change them), mqar would take 15 h with three
+ONE_SEED = {"quick": "answers nothing", "context": "does\nnot depend on the weights", "mqar": "15 h"}
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_cpu_defaults_stay_small(name):
-    if name in LONG:
-        assert re.search(r"about \d+ min", _text(name)), "a long study must say how long a job takes"
+def test_cpu_defaults_stay_small_and_say_how_long_they_take(name):
+    comments = " ".join(ln[1:].strip() for ln in _text(name).splitlines() if ln.startswith("#"))
+    assert re.search(r"about (a minute|\d+ (min|h))[^.]{0,30} on 2 cores", comments, re.I), \
+        "a study must say how long it takes on 2 cores"
     for cfg, _ in _configs(name):
         assert cfg.model.d_model <= 128 and cfg.model.n_layers <= 8, "a CPU default must be a tiny/small model"
         if "train" in cfg.stages:
-            assert cfg.train.steps * cfg.train.batch_size * cfg.seq_len <= LONG.get(name, 250_000), \
-                "short training on a CPU"
+            assert cfg.train.steps * cfg.train.batch_size * cfg.seq_len <= LONG.get(name, 2_000_000), \
+                "a CPU-sized training"
         if "bench" in cfg.stages:
             assert cfg.bench.lengths[-1] <= 32768
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_study_runs_three_seeds_unless_it_says_why_not(name):
+    seeds = {int(c.seed) for c, _ in _configs(name)}
+    if name in ONE_SEED:
+        assert len(seeds) == 1 and ONE_SEED[name].replace("\n", " ") in " ".join(
+            ln[1:].strip() for ln in _text(name).splitlines() if ln.startswith("#"))
+        _, jobs = _jobs(name, ["seed=range(3)"])  # seeds=3 gives the intervals
+        assert len({int(_compose(j).seed) for j in jobs}) == 3
+    else:
+        assert len(seeds) >= 3, "at least three seeds: the report's intervals and verdicts need them"
+        assert len(_configs(name)) == len(seeds) * len(_configs(name, ["seed=0"])), "every configuration, every seed"
 
 
 @pytest.mark.parametrize("launcher,target", [("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),
@@ -209,3 +232,62 @@ def test_mqar_compares_softmax_hybrids_and_pure_linear_at_8_pairs_length_128():
     assert (frozenset({"linear"}), "LLLL") in kinds
     for c, _ in configs:
         assert c.data.name == "mqar" and c.seq_len == 128 and 8 in c.data.num_kv_pairs and "mqar" in c.eval.tasks
+
+
+def test_lr_sweeps_a_log_grid_of_four_rates_for_softmax_the_hybrid_and_linear_attention():
+    configs = _configs("lr")
+    kinds = {(frozenset(_mixers(c, lt)), "".join(lt)) for c, lt in configs}
+    assert kinds == {(frozenset({"softmax"}), "FFFF"), (frozenset({"gated_deltanet", "softmax"}), "LLLF"),
+                     (frozenset({"linear"}), "LLLL")}
+    rates = sorted({float(c.train.lr) for c, _ in configs})
+    assert len(rates) >= 4 and 3e-3 in rates, "four rates or more, the default among them"
+    steps = [b / a for a, b in zip(rates, rates[1:])]
+    assert max(steps) / min(steps) < 1.2, f"a log grid: {rates}"
+    assert all("bench" not in c.stages for c, _ in configs), "a training study: no bench"
+
+
+def test_placement_moves_two_full_layers_of_eight():
+    configs = _configs("placement")
+    layouts = {"".join(lt) for _, lt in configs}
+    assert {"FFLLLLLL", "LLLFFLLL", "LLLLLLFF", "LLLFLLLF", "FLLLLLLF"} <= layouts  # first/middle/last/spread/sandwich
+    assert "FFFFFFFF" in layouts, "the all-softmax baseline"
+    assert all(lt.count("F") == 2 for lt in layouts - {"FFFFFFFF"}), "the share of full layers is fixed"
+    assert {_mixers(c, lt).__len__() for c, lt in configs if "L" in lt} == {2}
+    assert len({(c.model.d_model, c.train.steps, c.seq_len) for c, _ in configs}) == 1, "only the placement varies"
+
+
+ARCH = {"all_softmax": ({"softmax"}, "0:1"), "gated_deltanet_3_1": ({"gated_deltanet", "softmax"}, "3:1"),
+        "linear_1_0": ({"linear"}, "1:0"), "qwen3_next": ({"gated_deltanet", "gated_attention"}, "3:1"),
+        "kimi_linear": ({"kda", "mla"}, "3:1"), "minimax_m1": ({"lightning", "softmax"}, "7:1")}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH))
+def test_an_arch_preset_sets_the_mixers_and_the_ratio(arch):
+    assert os.path.exists(os.path.join(CONF, "arch", f"{arch}.yaml"))
+    cfg = _compose([f"arch={arch}"])
+    mixers, ratio = ARCH[arch]
+    assert _mixers(cfg, validate(cfg)["layer_types"]) == mixers and cfg.ratio == ratio
+    # the command line still wins over a preset; a preset wins over a study's own choice of mixers
+    assert _compose([f"arch={arch}", "ratio=1:1"]).ratio == "1:1"
+    if arch != "linear_1_0":  # a preset without full layers leaves the study's choice of them
+        assert _compose([f"arch={arch}", "experiment=placement"]).full.name == cfg.full.name
+
+
+def test_every_arch_preset_is_listed_here():
+    assert {f[:-5] for f in os.listdir(os.path.join(CONF, "arch")) if f.endswith(".yaml")} == set(ARCH)
+
+
+def test_the_documented_lr_recipe_tunes_every_configuration_of_the_ratio_study_it_names():
+    """experiment=lr's comment shows how to tune experiment=ratio's Gated DeltaNet jobs: the table that recipe
+    writes must have an entry for each of them, with the same training (no warning)."""
+    from runner.tuned_lr import config_key, training_of
+
+    recipe = next(c for c in _documented_commands("lr") if "arch=gated_deltanet_3_1" in c)
+    def keys(configs):
+        return {config_key(OmegaConf.to_container(c, resolve=True), "".join(lt)): training_of(
+            OmegaConf.to_container(c, resolve=True)) for c, lt in configs}
+    tuned = keys(_configs("lr", recipe[1:]))
+    study = keys(_configs("ratio", ["attention=gated_deltanet"]))
+    assert set(study) <= set(tuned), set(study) - set(tuned)
+    assert all(study[k] == tuned[k] for k in study), "the recipe trains like the study (steps, batch, warm-up)"
+    assert "python -m runner experiment=ratio attention=gated_deltanet train.lr=tuned" in _text("lr")

@@ -33,12 +33,12 @@ def _chunks(data: bytes):
 
 
 def read_offline_run(run_dir: str) -> dict:
-    """{"config": {...}, "history": [{key: value}], "summary": {...}, "tags": [...], "group": str}."""
+    """{"config": {...}, "history": [{key: value}], "summary": {...}, "tags": [...], "group": str, "job_type": str}."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = glob.glob(os.path.join(run_dir, "**", "run-*.wandb"), recursive=True)
     assert files, f"no offline W&B run under {run_dir}"
-    out = {"config": {}, "history": [], "summary": {}, "tags": [], "group": None}
+    out = {"config": {}, "history": [], "summary": {}, "tags": [], "group": None, "job_type": None}
     with open(files[0], "rb") as f:
         data = f.read()
     assert data[:4] == b":W&B", "not a W&B run file"
@@ -49,6 +49,7 @@ def read_offline_run(run_dir: str) -> dict:
         if kind == "run":
             out["tags"] = list(rec.run.tags)
             out["group"] = rec.run.run_group
+            out["job_type"] = rec.run.job_type
             for item in rec.run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":
