@@ -140,14 +140,22 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu", memory
         return Measured(value, dt, peak, "rss" if peak is not None else "none")
     from torch.profiler import ProfilerActivity, profile
 
+    from . import stops
+
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # the profiler's start/stop chatter, not fn's own messages
-        prof.start()
-    t0 = time.perf_counter()
+    started, t0 = False, time.perf_counter()
     try:
+        # a stop signal (SIGTERM, Ctrl-C) raises where Python happens to be: never inside the profiler's start or
+        # stop, whose half-done state crashed the process at exit (SIGSEGV instead of exit 143); it is raised
+        # right after them instead
+        with stops.deferred(), _quiet_stderr():  # the profiler's start/stop chatter, not fn's own messages
+            prof.start()
+            started = True
+        t0 = time.perf_counter()
         value = fn()
     finally:
         dt = time.perf_counter() - t0
-        with _quiet_stderr():
-            prof.stop()
+        if started:
+            with stops.deferred(), _quiet_stderr():
+                prof.stop()
     return Measured(value, dt, _cpu_tensor_peak(prof.profiler.kineto_results.events()), "cpu_profiler")

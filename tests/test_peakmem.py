@@ -55,3 +55,35 @@ def test_timing_only_mode_skips_the_profiler():
 def test_unknown_method_is_an_error():
     with pytest.raises(ValueError, match="allowed"):
         measure(lambda: 0, memory="vibes")
+
+
+def test_a_stop_signal_never_lands_inside_the_profilers_start_or_stop(monkeypatch):
+    """SIGTERM arriving while the CPU profiler starts (or stops) is raised after it, never in its middle (a
+    half-started profiler crashed the process at exit with SIGSEGV instead of exit 143), and the profiler is
+    always stopped."""
+    import os
+    import signal
+
+    import torch.profiler
+
+    from runner import peakmem, stops
+
+    calls = []
+
+    class Profile:
+        def __init__(self, *a, **k):
+            self.profiler = None
+
+        def start(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode, inside start
+            calls.append("started")
+
+        def stop(self):
+            calls.append("stopped")
+
+    monkeypatch.setattr(torch.profiler, "profile", Profile)
+    with stops.handling():
+        with pytest.raises(stops.Interrupted) as e:
+            peakmem.measure(lambda: calls.append("ran"), "cpu", "tensors")
+    assert e.value.exit_code == 143
+    assert calls == ["started", "stopped"], calls  # start finished, the work was not begun, stop ran
