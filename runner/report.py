@@ -256,13 +256,15 @@ def _all_full(job: dict) -> Optional[str]:
     return None
 
 
-def _baselines(jobs: list[dict]) -> dict:
-    """(model, seq_len, other varying settings, full mixer) -> the first completed all-full job of that mixer with
-    bench rows."""
+def _baselines(items: list[dict], job=lambda x: x, bench: bool = True) -> dict:
+    """(model, seq_len, other varying settings, full mixer) -> the first item (a job, or a seed group whose
+    ``job(item)`` is its first job) that is a completed all-full model of that mixer, with bench rows if
+    ``bench``."""
     out = {}
-    for j in jobs:
-        if j["ok"] and j["rows"] and _all_full(j):
-            out.setdefault((*_peers(j), _all_full(j)), j)
+    for x in items:
+        j = job(x)
+        if j["ok"] and (j["rows"] or not bench) and _all_full(j):
+            out.setdefault((*_peers(j), _all_full(j)), x)
     return out
 
 
@@ -474,7 +476,8 @@ def build_report(sweep_dir: str) -> dict:
         j["flops_budget"] = flops if j["ok"] and j["curve"] else None
         j["val_loss_at_budget"] = compute.loss_at(j["curve"], flops) if j["ok"] else None
     grouped = seeds.groups(jobs)
-    seeds.compare(grouped, lambda g: _group_baseline(g, grouped))
+    group_bases = _baselines(grouped, job=lambda g: g["first"], bench=False)
+    seeds.compare(grouped, lambda g: _baseline_of(g["first"], group_bases))
     plots = _plots(sweep_dir, jobs, n)
     summary_csv = os.path.join(sweep_dir, "summary.csv")
     grouped_csv = os.path.join(sweep_dir, "summary_grouped.csv")
@@ -510,17 +513,6 @@ def _compute_lines(jobs: list[dict], flops: Optional[float]) -> list[str]:
              _f(j["val_loss_at_budget"], ".4f")] for j in done]
     return lines + _table(["job", "config", "train FLOPs", "val loss at the end", "val loss at the budget"],
                           rows) + [""]
-
-
-def _group_baseline(g: dict, grouped: list[dict]) -> Optional[dict]:
-    """The baseline of a configuration: the all-full configuration of the full mixer it uses (else all softmax),
-    of the same size and seq_len."""
-    full: dict = {}
-    for x in grouped:
-        if _all_full(x["first"]):
-            full.setdefault((*_peers(x["first"]), _all_full(x["first"])), x)
-    key = _peers(g["first"])
-    return full.get((*key, g["first"]["full"])) or full.get((*key, "softmax"))
 
 
 def _plots(sweep_dir: str, jobs: list[dict], n: Optional[int]) -> list[str]:
