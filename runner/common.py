@@ -78,6 +78,7 @@ def fmt_bytes(n: Optional[float]) -> str:
 
 
 def _pos(v: Any) -> Optional[float]:
+    """v as a float when it is a finite positive number (plottable on a log axis), else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     v = float(v)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-from .common import atomic_write, fmt_bytes
+from .common import _pos, atomic_write, fmt_bytes
 from .stats import LEVEL
 
 LEVEL_TEXT = f"{LEVEL:.0%}"
@@ -28,14 +28,6 @@ DPI = 110
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _pos(v: Any) -> Optional[float]:
-    """v as a float when it is a finite positive number (plottable on a log axis), else None."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) and v > 0 else None
 
 
 def ok_rows(rows: Optional[Iterable[dict]]) -> list[dict]:

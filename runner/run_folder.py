@@ -14,7 +14,7 @@ the training curve ``metrics.jsonl`` and the checkpoint ``checkpoints/last.pt``.
   as it was; that attempt's outcome and whatever it measured are in its own entry. Only an attempt that completes
   replaces sections (``train``, ``eval``, ``bench``); the replaced ones are kept in the entry of the attempt that had
   produced them (``superseded``), and ``produced_by`` says which attempt made each section.
-* **Nothing half-written.** Files are written atomically (:func:`runner.track.atomic_write`); temporary files left by
+* **Nothing half-written.** Files are written atomically (:func:`runner.common.atomic_write`); temporary files left by
   a dead writer are removed by the next attempt. A reserve file (``.reserve``, 1 MiB) is held during a run and
   released to write the final record when the disk is full.
 """
@@ -139,7 +139,7 @@ def holds(path: str) -> bool:
 
 
 def remove_leftovers(path: str) -> list[str]:
-    """Temporary files of writers that died mid-write (``.tmp-*``, see track.atomic_write) in the folder and its
+    """Temporary files of writers that died mid-write (``.tmp-*``, see common.atomic_write) in the folder and its
     checkpoints/ folder. Only called while holding the lock, so no live writer owns them."""
     removed = []
     for d in (path, os.path.join(path, "checkpoints")):
