@@ -65,7 +65,8 @@ def validate_attention(cfg) -> None:
         raise ValueError(f"{n}: rope_theta={cfg.rope_theta} must be > 0")
     if cfg.rope and cfg.head_dim is not None and rotary_dim(cfg.head_dim, cfg.rope_fraction) < 2:
         raise ValueError(f"{n}: rope_fraction={cfg.rope_fraction} of head_dim={cfg.head_dim} rotates fewer than 2 "
-                         f"channels; raise rope_fraction or set rope: false")
+                         f"channels (head_dim: the mixer's own, else model.d_model / its heads); raise "
+                         f"rope_fraction, head_dim or model.d_model, or set rope: false")
     if cfg.window is not None and cfg.window < 1:
         raise ValueError(f"{n}: window={cfg.window} must be >= 1 (or null for full causal attention)")
     if cfg.norm_eps <= 0:
