@@ -107,6 +107,19 @@ def test_groups_of_chunks(monkeypatch):
     _compare(a, b, 1e-13)
 
 
+@pytest.mark.parametrize("T, chunk_size, g_scale", [(130, 16, 1.0), (65, 64, 20.0), (60, 8, 1e-3)])
+def test_keep_factors_gives_the_recomputing_backward_s_results(T, chunk_size, g_scale, monkeypatch):
+    """keep_factors=True (the forward's intra-chunk factors kept for the backward) and the default (recomputed
+    from the inputs and chunk start states) are the same math: both match the recurrent form, with several groups
+    of chunks so that the kept factors are looked up group by group."""
+    monkeypatch.setattr(gdr, "_GROUP_ELEMS", 2 * 4 * chunk_size * max(chunk_size, 16))  # two chunks per group
+    assert gdr._group_size(4, chunk_size, 16) == 2
+    x = _inputs(2, T, 2, 16, 8, g_scale=g_scale)
+    ref = _run_with_grads(recurrent_gated_delta_rule, *x)
+    for keep in (False, True):
+        _compare(_run_with_grads(chunk_gated_delta_rule, *x, chunk_size=chunk_size, keep_factors=keep), ref, 1e-11)
+
+
 def test_no_grad_path_and_dtypes():
     q, k, v, g, beta, s0 = _inputs(2, 50, 2, 8, 8, dtype=torch.float32)
     with torch.no_grad():

@@ -22,12 +22,19 @@ Two forms with the same signature and results:
 
 Speed notes (CPU). The chunks are processed in groups (all matmuls batched over the group's chunks and heads),
 the group sized so its (chunks, B*H, C, C) tensors stay in the CPU caches; this was about 1.5x faster than one
-batch over all chunks at T=8192. The backward is written by hand (``_ChunkGatedDeltaRule``): one reversed pass
-over the groups with the mirror-image scan G <- A^T G + Qs^T dO, reusing the forward's T = (I + L)^-1 so no
-triangular solve is needed backwards. The pairwise exponents d_i - d_j are clamped to <= 0 before the exp (the
-masked upper triangle never overflows, so strong decays give finite gradients), and every exponent is floored at
--60 (-600 in fp64): exp(-60) ~ 1e-26 is zero for all purposes, while true underflowing values are denormal
-numbers, which made exp() and the matmuls tens of times slower.
+batch over all chunks at T=8192. Operands that share a factor are stacked so that each pair is one matmul:
+[P; L] = ([q; kb] k^T) * Gamma and [W | U] = T [kb E | beta v]. The pairwise exponents d_i - d_j are clamped
+to <= 0 before the exp (the masked upper triangle never overflows, so strong decays give finite gradients), and
+every exponent is floored at -60 (-600 in fp64): exp(-60) ~ 1e-26 is zero for all purposes, while true
+underflowing values are denormal numbers, which made exp() and the matmuls tens of times slower.
+
+The backward is written by hand (``_ChunkGatedDeltaRule``): one reversed pass over the groups with the
+mirror-image scan G <- A^T G + Qs^T dO and the UT transform's gradient dL = -T^T dT T^T (no triangular solve
+backwards). What the forward keeps for it is the inputs and one (K, V) start state per chunk; the backward
+recomputes each group's factors (P, L, T, W, U, Qs, A) from them, about 30% more arithmetic than the whole
+fwd+bwd of keeping them, for a third of the memory (``tests/test_ops_saved_memory.py`` measures the bound).
+``keep_factors=True`` keeps the factors instead (about 10 chunk-sized tensors per chunk and head; several times
+the inputs): the faster backward when memory is no concern.
 
 Conventions (runner/ops): tensors are (batch, time, heads, dim); ``g`` is the per-step log decay (<= 0);
 ``beta`` in (0, 1); ``scale=None`` means K**-0.5; ``initial_state`` is (B, HV, K, V). Any length T works (the
@@ -143,10 +150,41 @@ def _f3(x):
     return x.view(-1, *x.shape[2:])
 
 
-def _chunk_forward(q, k, v, g, beta, s0, keep: bool):
+def _group_factors(q, k, v, beta, d, lo, causal, eye_c):
+    """The intra-chunk factors of one group of chunks (names as in the module docstring), computed from the
+    inputs alone; the forward uses them and the backward recomputes them instead of keeping them.
+
+    q, k (n, BH, C, K) with q scaled; v (n, BH, C, V); beta (n, BH, C, 1); d (n, BH, C) the cumulative log decay.
+    Returns E, Ec, e, gamma (see :func:`_decays`), QK = [q; kb] stacked along time (n, BH, 2C, K) with kb = beta k,
+    PL = [P; L] = (QK k^T) * gamma (n, BH, 2C, C) (only the strictly lower part of L is used), T = (I + L)^-1,
+    WU = [W | U] = T [kb * E | beta v] (n, BH, C, K + V) and kc = k * Ec. Stacking the operands that share a
+    factor (P and L share k^T, W and U share T) makes fewer, larger batched matmuls."""
+    n, BH, C, K = q.shape
+    E, Ec, e, gamma = _decays(d, lo, causal)
+    QK = torch.cat([q, k * beta], -2)
+    PL = torch.matmul(QK, k.mT)
+    PL.view(n, BH, 2, C, C).mul_(gamma.unsqueeze(2))
+    # (a strided view of L here takes a path of solve_triangular that is hundreds of times slower: copy it first)
+    Tm = torch.linalg.solve_triangular(PL[..., C:, :].contiguous(), eye_c.expand(n, BH, C, C), upper=False,
+                                       unitriangular=True)
+    WU = torch.matmul(Tm, torch.cat([QK[..., C:, :] * E[..., None], v * beta], -1))
+    kc = k * Ec[..., None]
+    return E, Ec, e, gamma, QK, PL, Tm, WU, kc
+
+
+def _transition(kc, W, e):
+    """A = e I - kc^T W (n, BH, K, K): the chunk's map of its start state to its end state's S_0 part."""
+    A = torch.matmul(kc.mT, W).neg_()
+    A.diagonal(dim1=-2, dim2=-1).add_(e)
+    return A
+
+
+def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool = False):
     """Forward of the chunked form on chunk-major tensors: q, k (N, BH, C, K) with q already scaled;
     v (N, BH, C, V); g, beta (N, BH, C); s0 (BH, K, V) or None. Returns o (N, BH, C, V), the final state
-    (BH, K, V) and, if ``keep``, the per-chunk tensors the backward needs (else None).
+    (BH, K, V), the cumulative log decay d (N, BH, C) and, if ``keep_states``, every chunk's start state
+    (N, BH, K, V) (else None): with the inputs, all the backward needs. With ``keep_factors`` also the list of
+    every group's intra-chunk factors, so that the backward need not recompute them.
 
     Per chunk (names as in the module docstring): L = (kb k^T) * Gamma with kb = beta k, T = (I + L)^-1,
     W = T (kb E), U = T (beta v), P = (q k^T) * Gamma, Qs = q E - P W, kc = k Ec, A = e I - kc^T W,
@@ -160,47 +198,42 @@ def _chunk_forward(q, k, v, g, beta, s0, keep: bool):
     eye_c = torch.eye(C, dtype=dt, device=dev)
     d = g.cumsum(-1)  # (N, BH, C) cumulative log decay from each chunk's start, non-increasing
     G = _group_size(BH, C, max(K, V))
-    shapes = dict(L=(C, C), Tm=(C, C), P=(C, C), W=(C, K), Qs=(C, K), kc=(C, K), U=(C, V), A=(K, K), S0=(K, V))
-    full = {name: q.new_empty(N, BH, *sh) for name, sh in shapes.items()} if keep else None
+    starts = q.new_empty(N, BH, K, V) if keep_states else None
+    factors = [] if keep_factors else None
     o = q.new_empty(N, BH, C, V)
     S = q.new_zeros(BH, K, V) if s0 is None else s0
     for a in range(0, N, G):
         s = slice(a, min(a + G, N))
         n = s.stop - a
-        if keep:
-            L, Tm, P, W, Qs, kc, U, A, S0 = (full[name][s] for name in shapes)
-        else:
-            L, Tm, P, W, Qs, kc, U, A, S0 = (q.new_empty(n, BH, *sh) for sh in shapes.values())
-        gq, gk, gv, gb = q[s], k[s], v[s], beta[s, ..., None]
-        E, Ec, e, gamma = _decays(d[s], lo, causal)
-        kb = gk * gb
-        torch.matmul(kb, gk.mT, out=L).mul_(gamma)  # only its strictly lower part is read
-        torch.linalg.solve_triangular(L, eye_c.expand_as(L), upper=False, unitriangular=True, out=Tm)
-        torch.matmul(Tm, kb.mul_(E[..., None]), out=W)
-        torch.matmul(Tm, gv * gb, out=U)
-        torch.matmul(gq, gk.mT, out=P).mul_(gamma)
-        torch.mul(gq, E[..., None], out=Qs)
-        _f3(Qs).baddbmm_(_f3(P), _f3(W), alpha=-1)
-        torch.mul(gk, Ec[..., None], out=kc)
-        torch.matmul(kc.mT, W, out=A).neg_().diagonal(dim1=-2, dim2=-1).add_(e)
-        Bn = torch.matmul(kc.mT, U)  # (n, BH, K, V) chunk inputs
+        gq = q[s]
+        E, Ec, e, gamma, QK, PL, Tm, WU, kc = _group_factors(gq, k[s], v[s], beta[s, ..., None], d[s], lo, causal,
+                                                             eye_c)
+        PWU = torch.matmul(PL[..., :C, :], WU)  # [P W | P U]
+        Qs = torch.mul(gq, E[..., None]).sub_(PWU[..., :K])
+        AB = torch.matmul(kc.mT, WU)  # [kc^T W | kc^T U]
+        A = AB[..., :K].neg_()
+        A.diagonal(dim1=-2, dim2=-1).add_(e)
+        Bn = AB[..., K:]
+        if keep_factors:
+            factors.append((QK, PL, Tm, WU, kc, Qs, A))
+        S0 = starts[s] if keep_states else q.new_empty(n, BH, K, V)
         # the only sequential part: S_{n+1} = A_n S_n + B_n, one small matmul per chunk
         for i in range(n):
             S0[i].copy_(S)
             S = torch.baddbmm(Bn[i], A[i], S)
-        torch.matmul(P, U, out=o[s])
-        _f3(o[s]).baddbmm_(_f3(Qs), _f3(S0))
-    saved = (d,) + tuple(full.values()) if keep else None
-    return o, S, saved
+        torch.matmul(Qs, S0, out=o[s]).add_(PWU[..., K:])
+    return o, S, d, starts, factors
 
 
 class _ChunkGatedDeltaRule(torch.autograd.Function):
-    """:func:`_chunk_forward` with a hand-written backward (one reversed pass over the groups of chunks)."""
+    """:func:`_chunk_forward` with a hand-written backward: one reversed pass over the groups of chunks that
+    recomputes each group's intra-chunk factors from the inputs and the chunk start states, so that what is kept
+    between forward and backward is the inputs plus one (K, V) state per chunk."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, s0):
-        o, S, saved = _chunk_forward(q, k, v, g, beta, s0, keep=True)
-        ctx.save_for_backward(q, k, v, beta, *saved)
+    def forward(ctx, q, k, v, g, beta, s0, keep_factors):
+        o, S, d, starts, factors = _chunk_forward(q, k, v, g, beta, s0, keep_states=True, keep_factors=keep_factors)
+        ctx.save_for_backward(q, k, v, beta, d, starts, *(t for group in factors or () for t in group))
         ctx.has_s0 = s0 is not None
         return o, S
 
@@ -208,66 +241,74 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
     @once_differentiable
     @full_precision  # a backward run inside an autocast region keeps the float32 math too
     def backward(ctx, do, dS):
-        q, k, v, beta, d, L, Tm, P, W, Qs, kc, U, A, S0 = ctx.saved_tensors
+        q, k, v, beta, d, starts, *kept = ctx.saved_tensors
         N, BH, C, K = q.shape
         V = v.shape[-1]
         lo = _exp_floor(q.dtype)
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+        eye_c = torch.eye(C, dtype=q.dtype, device=q.device)
         do = do.contiguous()
-        # contiguous buffers: their group slices are written in place through flattened views
         dq, dk, dv, dg, dbeta = (t.new_empty(t.shape) for t in (q, k, v, d, beta))
         Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype).clone()  # dLoss/dS at the current point
         G = _group_size(BH, C, max(K, V))
-        starts = list(range(0, N, G))
-        for a in reversed(starts):
+        for a in reversed(range(0, N, G)):
             s = slice(a, min(a + G, N))
             n = s.stop - a
-            gq, gk, gv, gb, gdo = q[s], k[s], v[s], beta[s, ..., None], do[s]
-            E, Ec, e, gamma = _decays(d[s], lo, causal)
-            kb = gk * gb
-            # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S
-            QdO = torch.matmul(Qs[s].mT, gdo)  # (n, BH, K, V)
-            dB = q.new_empty(n, BH, K, V)
+            gq, gk, gv, gb, gdo, S0 = q[s], k[s], v[s], beta[s, ..., None], do[s], starts[s]
+            if kept:  # keep_factors: the forward's (7 tensors per group, in order)
+                E, Ec, e, gamma = _decays(d[s], lo, causal)
+                QK, PL, Tm, WU, kc, Qs, A = kept[7 * (a // G):7 * (a // G) + 7]
+            else:
+                E, Ec, e, gamma, QK, PL, Tm, WU, kc = _group_factors(gq, gk, gv, gb, d[s], lo, causal, eye_c)
+                Qs = torch.mul(gq, E[..., None]).sub_(torch.matmul(PL[..., :C, :], WU[..., :K]))
+                A = _transition(kc, WU[..., :K], e)
+            P, W, U = PL[..., :C, :], WU[..., :K], WU[..., K:]
+            # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S.
+            # Y = [-dA | dB] and X = [-dQs | dO], so that the gradients of the stacked factors are single matmuls.
+            QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
+            Y = q.new_empty(n, BH, K, K + V)
+            dB = Y[..., K:]
             for i in range(n - 1, -1, -1):
                 dB[i].copy_(Gc)
-                Gc = torch.baddbmm(QdO[i], A[a + i].mT, Gc)
-            dA = torch.matmul(dB, S0[s].mT)  # (n, BH, K, K)
-            dQs = torch.matmul(gdo, S0[s].mT)  # (n, BH, C, K)
-            dP = torch.matmul(gdo, U[s].mT)  # (n, BH, C, C)
-            _f3(dP).baddbmm_(_f3(dQs), _f3(W[s]).mT, alpha=-1)
-            dU = torch.matmul(P[s].mT, gdo)  # (n, BH, C, V)
-            _f3(dU).baddbmm_(_f3(kc[s]), _f3(dB))
-            nW = torch.matmul(P[s].mT, dQs)  # minus dLoss/dW
-            _f3(nW).baddbmm_(_f3(kc[s]), _f3(dA))
-            dkc = torch.matmul(U[s], dB.mT)  # (n, BH, C, K)
-            _f3(dkc).baddbmm_(_f3(W[s]), _f3(dA).mT, alpha=-1)
+                Gc = torch.baddbmm(QdO[i], A[i].mT, Gc)
+            dA = torch.matmul(dB, S0.mT)  # (n, BH, K, K)
+            torch.neg(dA, out=Y[..., :K])
+            dQs = torch.matmul(gdo, S0.mT)  # (n, BH, C, K)
+            X = torch.cat([dQs.neg(), gdo], -1)  # (n, BH, C, K + V)
+            dPL = q.new_empty(n, BH, 2 * C, C)  # [dP; dL]
+            torch.matmul(X, WU.mT, out=dPL[..., :C, :])  # dP = dO U^T - dQs W^T
+            Z = torch.matmul(P.mT, X)
+            Z.view(-1, C, K + V).baddbmm_(_f3(kc), Y.view(-1, K, K + V))  # [dW | dU]
+            dkc = torch.matmul(WU, Y.mT)  # U dB^T - W dA^T
             de = dA.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (n, BH, 1)
-            # through W = T (kb E), U = T (beta v), T = (I + L)^-1
-            nRW = torch.matmul(Tm[s].mT, nW)  # minus dLoss/d(kb E)
-            dRU = torch.matmul(Tm[s].mT, dU)  # dLoss/d(beta v)
-            dL = torch.matmul(nRW, W[s].mT)
-            _f3(dL).baddbmm_(_f3(dRU), _f3(U[s]).mT, alpha=-1)
+            # through [W | U] = T [kb E | beta v], T = (I + L)^-1: dT = [dW | dU] [kb E | beta v]^T and
+            # dL = -T^T dT T^T = -(T^T [dW | dU]) [W | U]^T
+            TZ = torch.matmul(Tm.mT, Z)  # [d(kb E) | d(beta v)]
+            dRW, dRU = TZ[..., :K], TZ[..., K:]
+            dL = dPL[..., C:, :]
+            torch.matmul(TZ, WU.mT, out=dL).neg_()
             dL.tril_(-1)  # only the strictly lower part of L was used
-            # L = (kb k^T) * gamma, P = (q k^T) * gamma; Hm = dLoss/dgamma * gamma
-            Hm = (dL * L[s]).addcmul_(dP, P[s])
-            dM, dN = dL.mul_(gamma), dP.mul_(gamma)
-            dkb = torch.matmul(dM, gk).addcmul_(nRW, E[..., None], value=-1)
-            torch.matmul(dN, gk, out=dq[s]).addcmul_(dQs, E[..., None])
-            gdk = torch.matmul(dM.mT, kb, out=dk[s])
-            _f3(gdk).baddbmm_(_f3(dN).mT, _f3(gq))
+            # [L; P] = ([q; kb] k^T) * gamma; Hm = dLoss/dgamma * gamma
+            Hm = (dPL * PL).view(n, BH, 2, C, C).sum(2)
+            dPL.view(n, BH, 2, C, C).mul_(gamma.unsqueeze(2))  # now [dN; dM], the gradients of the products
+            dqkb = torch.matmul(dPL, gk)  # [dN k; dM k]
+            kb = QK[..., C:, :]
+            torch.addcmul(dqkb[..., :C, :], dQs, E[..., None], out=dq[s])
+            dkb = dqkb[..., C:, :].addcmul_(dRW, E[..., None])
+            gdk = torch.matmul(dPL.mT, QK, out=dk[s])  # dN^T q + dM^T kb
             gdk.addcmul_(dkc, Ec[..., None]).addcmul_(dkb, gb)
             # the log decay. With gamma_ij = exp(d_i - d_j), E = exp(d), e = exp(d_C) and d = cumsum(g):
             # dg_t = sum_{i >= t > j} Hm_ij + sum_{i >= t} dE_i E_i + de e + sum_{i < t} F_i, where
             # F_i = dLoss/dEc_i Ec_i for Ec_i = exp(d_C - d_i). Written so that no O(1) terms cancel in float
             # (gamma_ii = 1 and Ec_C = 1 do not depend on g), which would swamp tiny gradients of strong decays.
             Hm.diagonal(dim1=-2, dim2=-1).zero_()
-            dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) - (nRW * kb).sum(-1)) * E
+            dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) + (dRW * kb).sum(-1)) * E
             dd[..., -1] += (de * e).squeeze(-1)
-            Fk = (dkc * kc[s]).sum(-1)  # (n, BH, C)
+            Fk = (dkc * kc).sum(-1)  # (n, BH, C)
             torch.add(dd.flip(-1).cumsum(-1).flip(-1), F.pad(Fk[..., :-1].cumsum(-1), (1, 0)), out=dg[s])
             torch.mul(dRU, gb, out=dv[s])
             torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=dbeta[s])
-        return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None)
+        return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None), None
 
 
 @full_precision
@@ -282,9 +323,12 @@ def chunk_gated_delta_rule(
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
     chunk_size: int = 64,
+    keep_factors: bool = False,
 ):
     """Chunked parallel form; same arguments and results as :func:`recurrent_gated_delta_rule`.
-    The backward is written by hand (no autograd graph through the chunk internals)."""
+    The backward is written by hand (no autograd graph through the chunk internals). It recomputes the
+    intra-chunk factors from the inputs and the kept chunk start states; ``keep_factors=True`` keeps them from the
+    forward instead: a faster backward for several times the memory (module docstring)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out_dtype = v.dtype
@@ -311,9 +355,9 @@ def chunk_gated_delta_rule(
     s0 = None if s0 is None else s0.reshape(BH, K, V)
     inputs = (q, k, v, g, beta) + (() if s0 is None else (s0,))
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        o, S = _ChunkGatedDeltaRule.apply(q, k, v, g, beta, s0)
+        o, S = _ChunkGatedDeltaRule.apply(q, k, v, g, beta, s0, keep_factors)
     else:
-        o, S, _ = _chunk_forward(q, k, v, g, beta, s0, keep=False)
+        o, S, _, _, _ = _chunk_forward(q, k, v, g, beta, s0, keep_states=False)
     o = o.reshape(N, B, HV, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, HV, V)[:, :T]
     final = S.reshape(B, HV, K, V) if output_final_state else None
     return o.to(out_dtype), final

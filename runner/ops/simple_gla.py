@@ -133,6 +133,35 @@ def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).sum(-1)
 
 
+def _inputs(qs, ks, gs, scale):
+    """q_in = scale q exp(d) and k_in = k exp(d_C - d), the factors that meet the chunk's start and end states,
+    with the decay of the whole chunk a and the factors eq, ek (None without a decay)."""
+    if gs is None:
+        return qs * scale, ks, None, None, None
+    eq, ek, a = _factors(gs)
+    return qs * (eq * scale), ks * ek, a, eq, ek
+
+
+def _scores(qs, ks, gs, scale, mask, gam_first, gam_last, n0, N):
+    """The chunks' score matrices P' = scale (Q K^T) * Gamma with the diagonal zeroed (m, BH, C, C), and that
+    diagonal (m, BH, C, 1), for the chunks n0 .. n0 + m of N. Cheap (one batched matmul), so the backward
+    recomputes them rather than keeping them: with a constant decay (gam_first / gam_last given: Gamma of the
+    first chunk, and of the last, which may be padded) Gamma is the same for every chunk."""
+    m, BH, C, K = qs.shape
+    Ps = torch.matmul(qs, ks.transpose(-1, -2)).mul_(scale)
+    if gs is None:
+        Ps.mul_(mask)
+    elif gam_first is not None:
+        Ps[: N - 1 - n0].mul_(gam_first)
+        if n0 + m == N:
+            Ps[-1:].mul_(gam_last)
+    else:
+        Ps.mul_(_gamma(gs))
+    pds = Ps.diagonal(0, -2, -1).unsqueeze(-1).clone()
+    Ps.diagonal(0, -2, -1).zero_()
+    return Ps, pds
+
+
 # elements of the largest per-segment temporary on a CPU (see _segment_chunks); None = no tiling
 SEGMENT_ELEMENTS: Optional[int] = 1 << 19
 
@@ -208,8 +237,10 @@ class _ChunkSimpleGLA(torch.autograd.Function):
 
     Both passes walk the chunks in segments (:func:`_segment_chunks`): everything inside a segment is batched
     over its chunks, the state is carried from one segment to the next (backwards in the backward pass).
-    Saved for the backward pass: the inputs, P' and its diagonal, the chunk start states, (for dg) o', and with
-    the normaliser the output and its denominators.
+    Saved for the backward pass: the inputs and the chunk start states (and with the normaliser the output and
+    its denominators); the backward recomputes each segment's P' (one batched matmul, :func:`_scores`), and the
+    first term of dg needs no o': <dO_i, o'_i> = sum_j P'_ij (dO V^T)_ij + <(dO S_n^T)_i, scale q_i exp(d_i)>,
+    both factors of which the backward forms anyway.
 
     With ``norm_eps`` (linear attention's normaliser) v is extended by a column of ones inside each segment, so
     the state is (K, V + 1) = [S | z] and the output's last column is the denominator den = scale q^T z; the
@@ -226,7 +257,6 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         BH, N = B * H, -(-T // C)
         lay = _Layout(B, T, H, C)
         M = _segment_chunks(N, BH, C, max(K, Vp), q.device)
-        want_dg = g is not None and ctx.needs_input_grad[3]
         idx = torch.arange(C, device=q.device)
         mask = (idx[:, None] >= idx[None, :]).to(q.dtype)                # (C, C) causal, used without decay
         g_first = g_last = None
@@ -236,10 +266,7 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         gam_first = None if g_first is None else _gamma(g_first)         # (1, BH, C, C)
         gam_last = None if g_last is None else _gamma(g_last)
 
-        P = q.new_empty(N, BH, C, C)                                     # P' (diagonal zeroed), saved
-        pd = q.new_empty(N, BH, C, 1)                                    # its diagonal
         states = q.new_empty(N + 1, BH, K, Vp)                           # chunk start states (and the final one)
-        o_off = q.new_empty(N, BH, C, Vp) if want_dg else None           # o' (saved for dg)
         o = q.new_empty(B, T, H, V)
         den = q.new_empty(N, BH, C, 1) if normalize else None            # the normaliser's denominators
         if s0 is None:
@@ -252,38 +279,23 @@ class _ChunkSimpleGLA(torch.autograd.Function):
             qs, ks, vs = lay.load(q, n0, n1), lay.load(k, n0, n1), lay.load(v, n0, n1)  # (m, BH, C, .)
             if normalize:
                 vs = F.pad(vs, (0, 1), value=1.0)                        # (m, BH, C, V + 1)
-            Ps = P[n0:n1]
-            torch.baddbmm(qs.new_zeros(()), qs.view(nb, C, K), ks.view(nb, C, K).transpose(-1, -2),
-                          beta=0.0, alpha=scale, out=Ps.view(nb, C, C))
-            if g is None:
-                Ps.mul_(mask)
-                q_in, k_in, a = qs * scale, ks, None
-            else:
-                gs = lay.load(g.unsqueeze(-1), n0, n1).squeeze(-1)        # (m, BH, C)
-                if const:
-                    Ps[: N - 1 - n0].mul_(gam_first)
-                    if n1 == N:
-                        Ps[-1:].mul_(gam_last)
-                else:
-                    Ps.mul_(_gamma(gs))
-                eq, ek, a = _factors(gs)
-                q_in, k_in = qs * (eq * scale), ks * ek
-            pd[n0:n1].copy_(Ps.diagonal(0, -2, -1).unsqueeze(-1))
-            Ps.diagonal(0, -2, -1).zero_()
+            gs = None if g is None else lay.load(g.unsqueeze(-1), n0, n1).squeeze(-1)  # (m, BH, C)
+            Ps, pds = _scores(qs, ks, gs, scale, mask, gam_first, gam_last, n0, N)
+            q_in, k_in, a, _, _ = _inputs(qs, ks, gs, scale)
             inp = torch.matmul(k_in.transpose(-1, -2), vs)               # (m, BH, K, V) each chunk's own input
             for i in range(m):                                           # the sequential part: S <- a S + inp
                 if a is None:
                     torch.add(inp[i], states[n0 + i], out=states[n0 + i + 1])
                 else:
                     torch.addcmul(inp[i], a[i], states[n0 + i], out=states[n0 + i + 1])
-            os_ = torch.matmul(Ps, vs) if o_off is None else torch.matmul(Ps, vs, out=o_off[n0:n1])
+            os_ = torch.matmul(Ps, vs)
             os_.view(nb, C, Vp).baddbmm_(q_in.view(nb, C, K), states[n0:n1].view(nb, K, Vp))
-            os_ = torch.addcmul(os_, pd[n0:n1], vs)                      # + the diagonal term P_ii v_i
+            os_.addcmul_(pds, vs)                                        # + the diagonal term P_ii v_i
             if normalize:
                 den[n0:n1].copy_(os_[..., V:])
                 os_ = os_[..., :V] / (os_[..., V:] + norm_eps)
             lay.store(o, os_, n0, n1)
-        ctx.save_for_backward(q, k, v, g, P, pd, states, o_off, gam_first, gam_last, o if normalize else None, den)
+        ctx.save_for_backward(q, k, v, g, states, gam_first, gam_last, o if normalize else None, den)
         ctx.scale, ctx.const, ctx.C, ctx.M, ctx.s0_shape = scale, const, C, M, None if s0 is None else s0.shape
         ctx.norm_eps = norm_eps
         return o, states[N].view(B, H, K, Vp).clone()
@@ -292,7 +304,7 @@ class _ChunkSimpleGLA(torch.autograd.Function):
     @once_differentiable
     @full_precision  # a backward run inside an autocast region keeps the float32 math too
     def backward(ctx, do, dfinal):
-        q, k, v, g, P, pd, states, o_off, gam_first, gam_last, o, den = ctx.saved_tensors
+        q, k, v, g, states, gam_first, gam_last, o, den = ctx.saved_tensors
         scale, const, C, M, norm_eps = ctx.scale, ctx.const, ctx.C, ctx.M, ctx.norm_eps
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -315,13 +327,10 @@ class _ChunkSimpleGLA(torch.autograd.Function):
                 dden = _rowdot(dos, lay.load(o, n0, n1)).unsqueeze(-1) * r
                 dos = torch.cat([dos * r, dden.neg_()], -1)              # (m, BH, C, V + 1)
                 vs = F.pad(vs, (0, 1), value=1.0)
-            Ps, pds, S0s = P[n0:n1], pd[n0:n1], states[n0:n1]
-            if g is None:
-                q_in, k_in, a = qs * scale, ks, None
-            else:
-                gs = lay.load(g.unsqueeze(-1), n0, n1).squeeze(-1)
-                eq, ek, a = _factors(gs)
-                q_in, k_in = qs * (eq * scale), ks * ek
+            gs = None if g is None else lay.load(g.unsqueeze(-1), n0, n1).squeeze(-1)
+            Ps, pds = _scores(qs, ks, gs, scale, mask, gam_first, gam_last, n0, N)  # recomputed, not kept
+            S0s = states[n0:n1]
+            q_in, k_in, a, eq, ek = _inputs(qs, ks, gs, scale)
             dS = torch.matmul(q_in.transpose(-1, -2), dos)               # (m, BH, K, V) from each chunk's reads
             dinp = torch.empty_like(dS)                                  # dinp[i] = gradient reaching S_{n0+i+1}
             dinp[m - 1].copy_(carry)
@@ -332,12 +341,13 @@ class _ChunkSimpleGLA(torch.autograd.Function):
                     torch.addcmul(dS[i], a[i], dinp[i], out=dinp[i - 1])
             carry = dS[0] + (dinp[0] if a is None else a[0] * dinp[0])
             dvs = torch.matmul(Ps.transpose(-1, -2), dos)                # P'^T dO
-            if want_dg:
-                x = _rowdot(dos, o_off[n0:n1]) - _rowdot(vs, dvs)        # (m, BH, C)
+            dsc = torch.matmul(dos, vs.transpose(-1, -2))                # (m, BH, C, C): dO V^T
+            dqs = torch.matmul(dos, S0s.transpose(-1, -2))               # dO S_n^T
+            if want_dg:  # <dO_i, o'_i> = sum_j P'_ij (dO V^T)_ij + <(dO S_n^T)_i, q_in_i>, then - <v_i, (P'^T dO)_i>
+                x = _rowdot(Ps, dsc) + _rowdot(dqs, q_in) - _rowdot(vs, dvs)  # (m, BH, C)
             dvs.addcmul_(pds, dos).view(nb, C, Vp).baddbmm_(k_in.view(nb, C, K), dinp.view(nb, K, Vp))
             lay.store(dv, dvs[..., :V] if normalize else dvs, n0, n1)
-            dsc = torch.matmul(dos, vs.transpose(-1, -2))                # (m, BH, C, C): d(Q K^T) / scale
-            if g is None:
+            if g is None:                                                # dsc becomes d(Q K^T) / scale
                 dsc.mul_(mask)
             elif const:
                 dsc[: N - 1 - n0].mul_(gam_first)
@@ -345,7 +355,6 @@ class _ChunkSimpleGLA(torch.autograd.Function):
                     dsc[-1:].mul_(gam_last)
             else:
                 dsc.mul_(_gamma(gs))
-            dqs = torch.matmul(dos, S0s.transpose(-1, -2))               # d q_in
             dqs.mul_(scale if g is None else eq * scale).view(nb, C, K).baddbmm_(
                 dsc.view(nb, C, C), ks.view(nb, C, K), alpha=scale)
             lay.store(dq, dqs, n0, n1)
