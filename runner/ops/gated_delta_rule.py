@@ -22,19 +22,19 @@ Two forms with the same signature and results:
 
 Speed notes (CPU). The chunks are processed in groups (all matmuls batched over the group's chunks and heads),
 the group sized so its (chunks, B*H, C, C) tensors stay in the CPU caches; this was about 1.5x faster than one
-batch over all chunks at T=8192. Operands that share a factor are stacked so that each pair is one matmul:
-[P; L] = ([q; kb] k^T) * Gamma and [W | U] = T [kb E | beta v]. The pairwise exponents d_i - d_j are clamped
-to <= 0 before the exp (the masked upper triangle never overflows, so strong decays give finite gradients), and
-every exponent is floored at -60 (-600 in fp64): exp(-60) ~ 1e-26 is zero for all purposes, while true
-underflowing values are denormal numbers, which made exp() and the matmuls tens of times slower.
+batch over all chunks at T=8192. The scans write each state straight into its buffer. The pairwise exponents
+d_i - d_j are clamped to <= 0 before the exp (the masked upper triangle never overflows, so strong decays give
+finite gradients), and every exponent is floored at -60 (-600 in fp64): exp(-60) ~ 1e-26 is zero for all
+purposes, while true underflowing values are denormal numbers, which made exp() and the matmuls tens of times
+slower.
 
 The backward is written by hand (``_ChunkGatedDeltaRule``): one reversed pass over the groups with the
 mirror-image scan G <- A^T G + Qs^T dO and the UT transform's gradient dL = -T^T dT T^T (no triangular solve
 backwards). What the forward keeps for it is the inputs and one (K, V) start state per chunk; the backward
-recomputes each group's factors (P, L, T, W, U, Qs, A) from them, about 30% more arithmetic than the whole
-fwd+bwd of keeping them, for a third of the memory (``tests/test_ops_saved_memory.py`` measures the bound).
-``keep_factors=True`` keeps the factors instead (about 10 chunk-sized tensors per chunk and head; several times
-the inputs): the faster backward when memory is no concern.
+recomputes each group's factors (L, T, W, U, P, Qs, A) from them: fwd+bwd took 1.13x the time of keeping them
+(B 2, H 4, D 64, T 2048 and 8192, 2-core CPU) for a third of the memory (``tests/test_ops_saved_memory.py``
+measures the bound). ``keep_factors=True`` keeps the factors instead (nine chunk-sized tensors per chunk and
+head, about three times the inputs): the faster backward when memory is no concern.
 
 Conventions (runner/ops): tensors are (batch, time, heads, dim); ``g`` is the per-step log decay (<= 0);
 ``beta`` in (0, 1); ``scale=None`` means K**-0.5; ``initial_state`` is (B, HV, K, V). Any length T works (the
@@ -152,31 +152,26 @@ def _f3(x):
 
 def _group_factors(q, k, v, beta, d, lo, causal, eye_c):
     """The intra-chunk factors of one group of chunks (names as in the module docstring), computed from the
-    inputs alone; the forward uses them and the backward recomputes them instead of keeping them.
+    inputs alone: the forward uses them, and the backward recomputes them instead of keeping them.
 
     q, k (n, BH, C, K) with q scaled; v (n, BH, C, V); beta (n, BH, C, 1); d (n, BH, C) the cumulative log decay.
-    Returns E, Ec, e, gamma (see :func:`_decays`), QK = [q; kb] stacked along time (n, BH, 2C, K) with kb = beta k,
-    PL = [P; L] = (QK k^T) * gamma (n, BH, 2C, C) (only the strictly lower part of L is used), T = (I + L)^-1,
-    WU = [W | U] = T [kb * E | beta v] (n, BH, C, K + V) and kc = k * Ec. Stacking the operands that share a
-    factor (P and L share k^T, W and U share T) makes fewer, larger batched matmuls."""
-    n, BH, C, K = q.shape
+    Returns kb = beta k, L = (kb k^T) * Gamma (only its strictly lower part is used), T = (I + L)^-1,
+    W = T (kb E), U = T (beta v), P = (q k^T) * Gamma, Qs = q E - P W, kc = k Ec and A = e I - kc^T W, all
+    (n, BH, ., .), and the decays of :func:`_decays`. Every matmul is a separate (C x 64)-sized batched one: on
+    CPU these ran faster than stacked operands ([P; L] = [q; kb] k^T, 128-wide) plus the copies stacking needs."""
     E, Ec, e, gamma = _decays(d, lo, causal)
-    QK = torch.cat([q, k * beta], -2)
-    PL = torch.matmul(QK, k.mT)
-    PL.view(n, BH, 2, C, C).mul_(gamma.unsqueeze(2))
-    # (a strided view of L here takes a path of solve_triangular that is hundreds of times slower: copy it first)
-    Tm = torch.linalg.solve_triangular(PL[..., C:, :].contiguous(), eye_c.expand(n, BH, C, C), upper=False,
-                                       unitriangular=True)
-    WU = torch.matmul(Tm, torch.cat([QK[..., C:, :] * E[..., None], v * beta], -1))
+    kb = k * beta
+    L = torch.matmul(kb, k.mT).mul_(gamma)
+    Tm = torch.linalg.solve_triangular(L, eye_c.expand_as(L), upper=False, unitriangular=True)
+    W = torch.matmul(Tm, kb * E[..., None])
+    U = torch.matmul(Tm, v * beta)
+    P = torch.matmul(q, k.mT).mul_(gamma)
+    Qs = torch.mul(q, E[..., None])
+    _f3(Qs).baddbmm_(_f3(P), _f3(W), alpha=-1)
     kc = k * Ec[..., None]
-    return E, Ec, e, gamma, QK, PL, Tm, WU, kc
-
-
-def _transition(kc, W, e):
-    """A = e I - kc^T W (n, BH, K, K): the chunk's map of its start state to its end state's S_0 part."""
     A = torch.matmul(kc.mT, W).neg_()
     A.diagonal(dim1=-2, dim2=-1).add_(e)
-    return A
+    return (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A)
 
 
 def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool = False):
@@ -186,10 +181,9 @@ def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool =
     (N, BH, K, V) (else None): with the inputs, all the backward needs. With ``keep_factors`` also the list of
     every group's intra-chunk factors, so that the backward need not recompute them.
 
-    Per chunk (names as in the module docstring): L = (kb k^T) * Gamma with kb = beta k, T = (I + L)^-1,
-    W = T (kb E), U = T (beta v), P = (q k^T) * Gamma, Qs = q E - P W, kc = k Ec, A = e I - kc^T W,
-    B = kc^T U; S_{n+1} = A_n S_n + B_n; o = Qs S_n + P U. The work goes one group of chunks at a time, all
-    matmuls batched over the group's chunks and heads, so that the group's tensors stay in the CPU caches."""
+    Per chunk (names as in the module docstring): S_{n+1} = A_n S_n + B_n with B = kc^T U, o = Qs S_n + P U.
+    The work goes one group of chunks at a time, all matmuls batched over the group's chunks and heads, so that
+    the group's tensors stay in the CPU caches."""
     N, BH, C, K = q.shape
     V = v.shape[-1]
     dt, dev = q.dtype, q.device
@@ -205,30 +199,30 @@ def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool =
     for a in range(0, N, G):
         s = slice(a, min(a + G, N))
         n = s.stop - a
-        gq = q[s]
-        E, Ec, e, gamma, QK, PL, Tm, WU, kc = _group_factors(gq, k[s], v[s], beta[s, ..., None], d[s], lo, causal,
-                                                             eye_c)
-        PWU = torch.matmul(PL[..., :C, :], WU)  # [P W | P U]
-        Qs = torch.mul(gq, E[..., None]).sub_(PWU[..., :K])
-        AB = torch.matmul(kc.mT, WU)  # [kc^T W | kc^T U]
-        A = AB[..., :K].neg_()
-        A.diagonal(dim1=-2, dim2=-1).add_(e)
-        Bn = AB[..., K:]
+        _, f = _group_factors(q[s], k[s], v[s], beta[s, ..., None], d[s], lo, causal, eye_c)
         if keep_factors:
-            factors.append((QK, PL, Tm, WU, kc, Qs, A))
+            factors.append(f)
+        kb, L, Tm, W, U, P, Qs, kc, A = f
+        Bn = torch.matmul(kc.mT, U)  # (n, BH, K, V) chunk inputs
         S0 = starts[s] if keep_states else q.new_empty(n, BH, K, V)
-        # the only sequential part: S_{n+1} = A_n S_n + B_n, one small matmul per chunk
-        for i in range(n):
-            S0[i].copy_(S)
-            S = torch.baddbmm(Bn[i], A[i], S)
-        torch.matmul(Qs, S0, out=o[s]).add_(PWU[..., K:])
+        # the only sequential part: S_{n+1} = A_n S_n + B_n, one small matmul per chunk, written in place
+        S0[0].copy_(S)
+        for i in range(n - 1):
+            torch.baddbmm(Bn[i], A[i], S0[i], out=S0[i + 1])
+        S = torch.baddbmm(Bn[n - 1], A[n - 1], S0[n - 1])
+        torch.matmul(P, U, out=o[s])
+        _f3(o[s]).baddbmm_(_f3(Qs), _f3(S0))
     return o, S, d, starts, factors
+
+
+N_FACTORS = 9  # tensors per group in _group_factors' second tuple
 
 
 class _ChunkGatedDeltaRule(torch.autograd.Function):
     """:func:`_chunk_forward` with a hand-written backward: one reversed pass over the groups of chunks that
     recomputes each group's intra-chunk factors from the inputs and the chunk start states, so that what is kept
-    between forward and backward is the inputs plus one (K, V) state per chunk."""
+    between forward and backward is the inputs plus one (K, V) state per chunk (or, with ``keep_factors``, the
+    factors as well)."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, s0, keep_factors):
@@ -248,6 +242,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         eye_c = torch.eye(C, dtype=q.dtype, device=q.device)
         do = do.contiguous()
+        # contiguous buffers: their group slices are written in place through flattened views
         dq, dk, dv, dg, dbeta = (t.new_empty(t.shape) for t in (q, k, v, d, beta))
         Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype).clone()  # dLoss/dS at the current point
         G = _group_size(BH, C, max(K, V))
@@ -255,54 +250,51 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
             s = slice(a, min(a + G, N))
             n = s.stop - a
             gq, gk, gv, gb, gdo, S0 = q[s], k[s], v[s], beta[s, ..., None], do[s], starts[s]
-            if kept:  # keep_factors: the forward's (7 tensors per group, in order)
+            if kept:  # keep_factors: the forward's
                 E, Ec, e, gamma = _decays(d[s], lo, causal)
-                QK, PL, Tm, WU, kc, Qs, A = kept[7 * (a // G):7 * (a // G) + 7]
+                j = N_FACTORS * (a // G)
+                kb, L, Tm, W, U, P, Qs, kc, A = kept[j:j + N_FACTORS]
             else:
-                E, Ec, e, gamma, QK, PL, Tm, WU, kc = _group_factors(gq, gk, gv, gb, d[s], lo, causal, eye_c)
-                Qs = torch.mul(gq, E[..., None]).sub_(torch.matmul(PL[..., :C, :], WU[..., :K]))
-                A = _transition(kc, WU[..., :K], e)
-            P, W, U = PL[..., :C, :], WU[..., :K], WU[..., K:]
-            # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S.
-            # Y = [-dA | dB] and X = [-dQs | dO], so that the gradients of the stacked factors are single matmuls.
+                (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A) = _group_factors(gq, gk, gv, gb, d[s], lo,
+                                                                                    causal, eye_c)
+            # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S
             QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
-            Y = q.new_empty(n, BH, K, K + V)
-            dB = Y[..., K:]
-            for i in range(n - 1, -1, -1):
-                dB[i].copy_(Gc)
-                Gc = torch.baddbmm(QdO[i], A[i].mT, Gc)
+            dB = q.new_empty(n, BH, K, V)
+            dB[n - 1].copy_(Gc)
+            for i in range(n - 1, 0, -1):
+                torch.baddbmm(QdO[i], A[i].mT, dB[i], out=dB[i - 1])
+            Gc = torch.baddbmm(QdO[0], A[0].mT, dB[0])
             dA = torch.matmul(dB, S0.mT)  # (n, BH, K, K)
-            torch.neg(dA, out=Y[..., :K])
             dQs = torch.matmul(gdo, S0.mT)  # (n, BH, C, K)
-            X = torch.cat([dQs.neg(), gdo], -1)  # (n, BH, C, K + V)
-            dPL = q.new_empty(n, BH, 2 * C, C)  # [dP; dL]
-            torch.matmul(X, WU.mT, out=dPL[..., :C, :])  # dP = dO U^T - dQs W^T
-            Z = torch.matmul(P.mT, X)
-            Z.view(-1, C, K + V).baddbmm_(_f3(kc), Y.view(-1, K, K + V))  # [dW | dU]
-            dkc = torch.matmul(WU, Y.mT)  # U dB^T - W dA^T
+            dP = torch.matmul(gdo, U.mT)  # (n, BH, C, C)
+            _f3(dP).baddbmm_(_f3(dQs), _f3(W).mT, alpha=-1)
+            dU = torch.matmul(P.mT, gdo)  # (n, BH, C, V)
+            _f3(dU).baddbmm_(_f3(kc), _f3(dB))
+            nW = torch.matmul(P.mT, dQs)  # minus dLoss/dW
+            _f3(nW).baddbmm_(_f3(kc), _f3(dA))
+            dkc = torch.matmul(U, dB.mT)  # (n, BH, C, K)
+            _f3(dkc).baddbmm_(_f3(W), _f3(dA).mT, alpha=-1)
             de = dA.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (n, BH, 1)
-            # through [W | U] = T [kb E | beta v], T = (I + L)^-1: dT = [dW | dU] [kb E | beta v]^T and
-            # dL = -T^T dT T^T = -(T^T [dW | dU]) [W | U]^T
-            TZ = torch.matmul(Tm.mT, Z)  # [d(kb E) | d(beta v)]
-            dRW, dRU = TZ[..., :K], TZ[..., K:]
-            dL = dPL[..., C:, :]
-            torch.matmul(TZ, WU.mT, out=dL).neg_()
+            # through W = T (kb E), U = T (beta v), T = (I + L)^-1: dL = -T^T dT T^T
+            nRW = torch.matmul(Tm.mT, nW)  # minus dLoss/d(kb E)
+            dRU = torch.matmul(Tm.mT, dU)  # dLoss/d(beta v)
+            dL = torch.matmul(nRW, W.mT)
+            _f3(dL).baddbmm_(_f3(dRU), _f3(U).mT, alpha=-1)
             dL.tril_(-1)  # only the strictly lower part of L was used
-            # [L; P] = ([q; kb] k^T) * gamma; Hm = dLoss/dgamma * gamma
-            Hm = (dPL * PL).view(n, BH, 2, C, C).sum(2)
-            dPL.view(n, BH, 2, C, C).mul_(gamma.unsqueeze(2))  # now [dN; dM], the gradients of the products
-            dqkb = torch.matmul(dPL, gk)  # [dN k; dM k]
-            kb = QK[..., C:, :]
-            torch.addcmul(dqkb[..., :C, :], dQs, E[..., None], out=dq[s])
-            dkb = dqkb[..., C:, :].addcmul_(dRW, E[..., None])
-            gdk = torch.matmul(dPL.mT, QK, out=dk[s])  # dN^T q + dM^T kb
+            # L = (kb k^T) * gamma, P = (q k^T) * gamma; Hm = dLoss/dgamma * gamma
+            Hm = (dL * L).addcmul_(dP, P)
+            dM, dN = dL.mul_(gamma), dP.mul_(gamma)
+            dkb = torch.matmul(dM, gk).addcmul_(nRW, E[..., None], value=-1)
+            torch.matmul(dN, gk, out=dq[s]).addcmul_(dQs, E[..., None])
+            gdk = torch.matmul(dM.mT, kb, out=dk[s])
+            _f3(gdk).baddbmm_(_f3(dN).mT, _f3(gq))
             gdk.addcmul_(dkc, Ec[..., None]).addcmul_(dkb, gb)
             # the log decay. With gamma_ij = exp(d_i - d_j), E = exp(d), e = exp(d_C) and d = cumsum(g):
             # dg_t = sum_{i >= t > j} Hm_ij + sum_{i >= t} dE_i E_i + de e + sum_{i < t} F_i, where
             # F_i = dLoss/dEc_i Ec_i for Ec_i = exp(d_C - d_i). Written so that no O(1) terms cancel in float
             # (gamma_ii = 1 and Ec_C = 1 do not depend on g), which would swamp tiny gradients of strong decays.
             Hm.diagonal(dim1=-2, dim2=-1).zero_()
-            dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) + (dRW * kb).sum(-1)) * E
+            dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) - (nRW * kb).sum(-1)) * E
             dd[..., -1] += (de * e).squeeze(-1)
             Fk = (dkc * kc).sum(-1)  # (n, BH, C)
             torch.add(dd.flip(-1).cumsum(-1).flip(-1), F.pad(Fk[..., :-1].cumsum(-1), (1, 0)), out=dg[s])
