@@ -144,6 +144,28 @@ def test_scale_and_l2norm_options():
     assert rel_rms(o2, o3) < 1e-6  # l2norm's eps=1e-6 inside the sqrt
 
 
+@pytest.mark.parametrize("HV", [2, 4])
+def test_in_kernel_l2norm_scale_and_grouped_heads_gradients(HV):
+    """The chunked op prepares q and k itself (l2norm, scale, repetition to the value heads) and writes the
+    backward of each step by hand: every gradient matches the recurrent form, where autograd does it."""
+    q, k, v, g, beta, s0 = _inputs(2, 45, 2, 8, 4, HV=HV)
+    kw = dict(scale=0.3, use_qk_l2norm_in_kernel=True)
+    a = _run_with_grads(chunk_gated_delta_rule, 2 * q, 3 * k, v, g, beta, s0, chunk_size=16, **kw)
+    b = _run_with_grads(recurrent_gated_delta_rule, 2 * q, 3 * k, v, g, beta, s0, **kw)
+    _compare(a, b, 1e-11)
+
+
+def test_bfloat16_gradients_come_back_in_the_inputs_dtype():
+    x = _inputs(1, 40, 2, 8, 8, dtype=torch.float32)
+    xb = [t.bfloat16() for t in x[:5]] + [x[5]]
+    a = _run_with_grads(chunk_gated_delta_rule, *xb, chunk_size=16, use_qk_l2norm_in_kernel=True)
+    b = _run_with_grads(recurrent_gated_delta_rule, *[t.float() for t in xb[:5]], x[5], use_qk_l2norm_in_kernel=True)
+    for name, u, w, inp in zip(NAMES[2:7], a[2:7], b[2:7], xb):
+        assert u.dtype == inp.dtype == torch.bfloat16, name
+        assert rel_rms(u.float(), w) < 2e-2, name
+    assert a[7].dtype == torch.float32  # the state's gradient in the state's dtype
+
+
 def test_delta_rule_is_gated_with_zero_decay():
     q, k, v, g, beta, s0 = _inputs(2, 70, 2, 8, 8)
     zero = torch.zeros_like(g)

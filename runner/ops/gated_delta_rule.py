@@ -58,8 +58,8 @@ def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
-def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
-    """Shared argument checks, dtype promotion, q/k head repetition, l2norm and scaling."""
+def _check(q, k, v, g, beta, initial_state):
+    """The arguments' shapes, with a message naming what was expected."""
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"q and k must both be (B, T, H, K); got {tuple(q.shape)} and {tuple(k.shape)}")
     B, T, H, K = q.shape
@@ -71,10 +71,16 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
     for name, t in (("g", g), ("beta", beta)):
         if t.shape != (B, T, HV):
             raise ValueError(f"{name} must be (B, T, HV) = {(B, T, HV)}; got {tuple(t.shape)}")
-    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     if initial_state is not None and initial_state.shape != (B, HV, K, v.shape[-1]):
         raise ValueError(f"initial_state must be (B, HV, K, V) = {(B, HV, K, v.shape[-1])}; "
                          f"got {tuple(initial_state.shape)}")
+
+
+def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
+    """Shared argument checks, dtype promotion, q/k head repetition, l2norm and scaling."""
+    _check(q, k, v, g, beta, initial_state)
+    H, K, HV = q.shape[2], q.shape[3], v.shape[2]
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
     if HV != H:
         q = q.repeat_interleave(HV // H, dim=2)
@@ -218,89 +224,169 @@ def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool =
 N_FACTORS = 9  # tensors per group in _group_factors' second tuple
 
 
+def _chunk_backward(q, k, v, beta, d, starts, kept, do, dS):
+    """The backward of :func:`_chunk_forward` on chunk-major tensors: one reversed pass over the groups of chunks,
+    each group's factors recomputed (or taken from ``kept``, the forward's with ``keep_factors``). Returns the
+    gradients of q, k, v, g, beta (chunk-major) and of the initial state."""
+    N, BH, C, K = q.shape
+    V = v.shape[-1]
+    lo = _exp_floor(q.dtype)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    eye_c = torch.eye(C, dtype=q.dtype, device=q.device)
+    do = do.contiguous()
+    # contiguous buffers: their group slices are written in place through flattened views
+    dq, dk, dv, dg, dbeta = (t.new_empty(t.shape) for t in (q, k, v, d, beta))
+    Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype).clone()  # dLoss/dS at the current point
+    G = _group_size(BH, C, max(K, V))
+    for a in reversed(range(0, N, G)):
+        s = slice(a, min(a + G, N))
+        n = s.stop - a
+        gq, gk, gv, gb, gdo, S0 = q[s], k[s], v[s], beta[s, ..., None], do[s], starts[s]
+        if kept:  # keep_factors: the forward's
+            E, Ec, e, gamma = _decays(d[s], lo, causal)
+            j = N_FACTORS * (a // G)
+            kb, L, Tm, W, U, P, Qs, kc, A = kept[j:j + N_FACTORS]
+        else:
+            (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A) = _group_factors(gq, gk, gv, gb, d[s], lo,
+                                                                                causal, eye_c)
+        # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S
+        QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
+        dB = q.new_empty(n, BH, K, V)
+        dB[n - 1].copy_(Gc)
+        for i in range(n - 1, 0, -1):
+            torch.baddbmm(QdO[i], A[i].mT, dB[i], out=dB[i - 1])
+        Gc = torch.baddbmm(QdO[0], A[0].mT, dB[0])
+        dA = torch.matmul(dB, S0.mT)  # (n, BH, K, K)
+        dQs = torch.matmul(gdo, S0.mT)  # (n, BH, C, K)
+        dP = torch.matmul(gdo, U.mT)  # (n, BH, C, C)
+        _f3(dP).baddbmm_(_f3(dQs), _f3(W).mT, alpha=-1)
+        dU = torch.matmul(P.mT, gdo)  # (n, BH, C, V)
+        _f3(dU).baddbmm_(_f3(kc), _f3(dB))
+        nW = torch.matmul(P.mT, dQs)  # minus dLoss/dW
+        _f3(nW).baddbmm_(_f3(kc), _f3(dA))
+        dkc = torch.matmul(U, dB.mT)  # (n, BH, C, K)
+        _f3(dkc).baddbmm_(_f3(W), _f3(dA).mT, alpha=-1)
+        de = dA.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (n, BH, 1)
+        # through W = T (kb E), U = T (beta v), T = (I + L)^-1: dL = -T^T dT T^T
+        nRW = torch.matmul(Tm.mT, nW)  # minus dLoss/d(kb E)
+        dRU = torch.matmul(Tm.mT, dU)  # dLoss/d(beta v)
+        dL = torch.matmul(nRW, W.mT)
+        _f3(dL).baddbmm_(_f3(dRU), _f3(U).mT, alpha=-1)
+        dL.tril_(-1)  # only the strictly lower part of L was used
+        # L = (kb k^T) * gamma, P = (q k^T) * gamma; Hm = dLoss/dgamma * gamma
+        Hm = (dL * L).addcmul_(dP, P)
+        dM, dN = dL.mul_(gamma), dP.mul_(gamma)
+        dkb = torch.matmul(dM, gk).addcmul_(nRW, E[..., None], value=-1)
+        torch.matmul(dN, gk, out=dq[s]).addcmul_(dQs, E[..., None])
+        gdk = torch.matmul(dM.mT, kb, out=dk[s])
+        _f3(gdk).baddbmm_(_f3(dN).mT, _f3(gq))
+        gdk.addcmul_(dkc, Ec[..., None]).addcmul_(dkb, gb)
+        # the log decay. With gamma_ij = exp(d_i - d_j), E = exp(d), e = exp(d_C) and d = cumsum(g):
+        # dg_t = sum_{i >= t > j} Hm_ij + sum_{i >= t} dE_i E_i + de e + sum_{i < t} F_i, where
+        # F_i = dLoss/dEc_i Ec_i for Ec_i = exp(d_C - d_i). Written so that no O(1) terms cancel in float
+        # (gamma_ii = 1 and Ec_C = 1 do not depend on g), which would swamp tiny gradients of strong decays.
+        Hm.diagonal(dim1=-2, dim2=-1).zero_()
+        dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) - (nRW * kb).sum(-1)) * E
+        dd[..., -1] += (de * e).squeeze(-1)
+        Fk = (dkc * kc).sum(-1)  # (n, BH, C)
+        torch.add(dd.flip(-1).cumsum(-1).flip(-1), F.pad(Fk[..., :-1].cumsum(-1), (1, 0)), out=dg[s])
+        torch.mul(dRU, gb, out=dv[s])
+        torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=dbeta[s])
+    return dq, dk, dv, dg, dbeta, Gc
+
+
+class _Layout:
+    """Moves the op's arguments between the caller's (B, T, heads, dim) layout and the chunk-major (N, B*HV, C, D)
+    one, with the preparation of q and k (the compute dtype, the q/k heads repeated to the value heads, the
+    optional l2norm and the query scale) and the backward of each of those steps, so that the autograd function
+    can keep the caller's tensors themselves rather than prepared copies."""
+
+    def __init__(self, q, v, scale, l2norm, chunk_size):
+        self.B, self.T, self.H, self.K = q.shape
+        self.HV, self.V = v.shape[2], v.shape[3]
+        self.C = min(chunk_size, self.T)  # a sequence shorter than one chunk is one chunk, unpadded
+        self.N = -(-self.T // self.C)
+        self.pad = self.N * self.C - self.T
+        self.scale = self.K ** -0.5 if scale is None else scale
+        self.l2norm = l2norm
+        self.dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+
+    def chunks(self, t):
+        """(B, T, HV, D) -> (N, B*HV, C, D), padded with zeros (identity steps), chunk-major so that the scan reads
+        contiguous slices."""
+        B, N, C, HV = self.B, self.N, self.C, self.HV
+        t = t.to(self.dt)
+        if self.pad:
+            t = F.pad(t, (0, 0, 0, 0, 0, self.pad))
+        return t.reshape(B, N, C, HV, -1).permute(1, 0, 3, 2, 4).reshape(N, B * HV, C, t.shape[-1]).contiguous()
+
+    def unchunks(self, t):
+        """The inverse of :meth:`chunks` (without the padding): (N, B*HV, C, D) -> (B, T, HV, D)."""
+        B, N, C, HV = self.B, self.N, self.C, self.HV
+        return t.reshape(N, B, HV, C, -1).permute(1, 0, 3, 2, 4).reshape(B, N * C, HV, t.shape[-1])[:, :self.T]
+
+    def _qk(self, x):
+        """q or k (B, T, H, K) -> repeated to the value heads (and l2-normalised): (x', r) with r the l2norm's
+        reciprocal norms (None without it)."""
+        x = x.to(self.dt)
+        if self.HV != self.H:
+            x = x.repeat_interleave(self.HV // self.H, dim=2)
+        if not self.l2norm:
+            return x, None
+        r = torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+        return x * r, r
+
+    def prepare(self, q, k, v, g, beta):
+        """Chunk-major q (scaled), k, v, g, beta, computed from the caller's tensors."""
+        qn, _ = self._qk(q)
+        kn, _ = self._qk(k)
+        return (self.chunks(qn * self.scale), self.chunks(kn), self.chunks(v),
+                self.chunks(g.unsqueeze(-1)).squeeze(-1), self.chunks(beta.unsqueeze(-1)).squeeze(-1))
+
+    def qk_grad(self, dx, x):
+        """The gradient of the caller's q or k from that of its prepared chunk-major form (scale not included)."""
+        dx = self.unchunks(dx)
+        if self.l2norm:
+            xn, r = self._qk(x)
+            dx = r * (dx - xn * (dx * xn).sum(-1, keepdim=True))  # through x * rsqrt(sum x^2 + eps)
+        if self.HV != self.H:
+            dx = dx.reshape(self.B, self.T, self.H, self.HV // self.H, self.K).sum(3)
+        return dx.to(x.dtype)
+
+
 class _ChunkGatedDeltaRule(torch.autograd.Function):
-    """:func:`_chunk_forward` with a hand-written backward: one reversed pass over the groups of chunks that
-    recomputes each group's intra-chunk factors from the inputs and the chunk start states, so that what is kept
-    between forward and backward is the inputs plus one (K, V) state per chunk (or, with ``keep_factors``, the
-    factors as well)."""
+    """The chunked form with a hand-written backward, on the caller's tensors (``_Layout``). What it keeps for the
+    backward is the caller's q, k, v, g, beta themselves (typically views of one activation, kept once) and one
+    (K, V) start state per chunk; the backward recomputes the prepared chunk-major inputs and, group by group, the
+    intra-chunk factors (or, with ``keep_factors``, keeps those as well)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, s0, keep_factors):
-        o, S, d, starts, factors = _chunk_forward(q, k, v, g, beta, s0, keep_states=True, keep_factors=keep_factors)
-        ctx.save_for_backward(q, k, v, beta, d, starts, *(t for group in factors or () for t in group))
-        ctx.has_s0 = s0 is not None
-        return o, S
+    def forward(ctx, q, k, v, g, beta, s0, keep_factors, lay):
+        qc, kc, vc, gc, bc = lay.prepare(q, k, v, g, beta)
+        s0c = None if s0 is None else s0.to(lay.dt).reshape(lay.B * lay.HV, lay.K, lay.V)
+        o, S, d, starts, factors = _chunk_forward(qc, kc, vc, gc, bc, s0c, keep_states=True,
+                                                  keep_factors=keep_factors)
+        ctx.save_for_backward(q, k, v, g, beta, starts, *(t for group in factors or () for t in group))
+        ctx.lay, ctx.has_s0, ctx.s0_dtype = lay, s0 is not None, None if s0 is None else s0.dtype
+        return lay.unchunks(o), S.reshape(lay.B, lay.HV, lay.K, lay.V)
 
     @staticmethod
     @once_differentiable
     @full_precision  # a backward run inside an autocast region keeps the float32 math too
     def backward(ctx, do, dS):
-        q, k, v, beta, d, starts, *kept = ctx.saved_tensors
-        N, BH, C, K = q.shape
-        V = v.shape[-1]
-        lo = _exp_floor(q.dtype)
-        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        eye_c = torch.eye(C, dtype=q.dtype, device=q.device)
-        do = do.contiguous()
-        # contiguous buffers: their group slices are written in place through flattened views
-        dq, dk, dv, dg, dbeta = (t.new_empty(t.shape) for t in (q, k, v, d, beta))
-        Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype).clone()  # dLoss/dS at the current point
-        G = _group_size(BH, C, max(K, V))
-        for a in reversed(range(0, N, G)):
-            s = slice(a, min(a + G, N))
-            n = s.stop - a
-            gq, gk, gv, gb, gdo, S0 = q[s], k[s], v[s], beta[s, ..., None], do[s], starts[s]
-            if kept:  # keep_factors: the forward's
-                E, Ec, e, gamma = _decays(d[s], lo, causal)
-                j = N_FACTORS * (a // G)
-                kb, L, Tm, W, U, P, Qs, kc, A = kept[j:j + N_FACTORS]
-            else:
-                (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A) = _group_factors(gq, gk, gv, gb, d[s], lo,
-                                                                                    causal, eye_c)
-            # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S
-            QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
-            dB = q.new_empty(n, BH, K, V)
-            dB[n - 1].copy_(Gc)
-            for i in range(n - 1, 0, -1):
-                torch.baddbmm(QdO[i], A[i].mT, dB[i], out=dB[i - 1])
-            Gc = torch.baddbmm(QdO[0], A[0].mT, dB[0])
-            dA = torch.matmul(dB, S0.mT)  # (n, BH, K, K)
-            dQs = torch.matmul(gdo, S0.mT)  # (n, BH, C, K)
-            dP = torch.matmul(gdo, U.mT)  # (n, BH, C, C)
-            _f3(dP).baddbmm_(_f3(dQs), _f3(W).mT, alpha=-1)
-            dU = torch.matmul(P.mT, gdo)  # (n, BH, C, V)
-            _f3(dU).baddbmm_(_f3(kc), _f3(dB))
-            nW = torch.matmul(P.mT, dQs)  # minus dLoss/dW
-            _f3(nW).baddbmm_(_f3(kc), _f3(dA))
-            dkc = torch.matmul(U, dB.mT)  # (n, BH, C, K)
-            _f3(dkc).baddbmm_(_f3(W), _f3(dA).mT, alpha=-1)
-            de = dA.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (n, BH, 1)
-            # through W = T (kb E), U = T (beta v), T = (I + L)^-1: dL = -T^T dT T^T
-            nRW = torch.matmul(Tm.mT, nW)  # minus dLoss/d(kb E)
-            dRU = torch.matmul(Tm.mT, dU)  # dLoss/d(beta v)
-            dL = torch.matmul(nRW, W.mT)
-            _f3(dL).baddbmm_(_f3(dRU), _f3(U).mT, alpha=-1)
-            dL.tril_(-1)  # only the strictly lower part of L was used
-            # L = (kb k^T) * gamma, P = (q k^T) * gamma; Hm = dLoss/dgamma * gamma
-            Hm = (dL * L).addcmul_(dP, P)
-            dM, dN = dL.mul_(gamma), dP.mul_(gamma)
-            dkb = torch.matmul(dM, gk).addcmul_(nRW, E[..., None], value=-1)
-            torch.matmul(dN, gk, out=dq[s]).addcmul_(dQs, E[..., None])
-            gdk = torch.matmul(dM.mT, kb, out=dk[s])
-            _f3(gdk).baddbmm_(_f3(dN).mT, _f3(gq))
-            gdk.addcmul_(dkc, Ec[..., None]).addcmul_(dkb, gb)
-            # the log decay. With gamma_ij = exp(d_i - d_j), E = exp(d), e = exp(d_C) and d = cumsum(g):
-            # dg_t = sum_{i >= t > j} Hm_ij + sum_{i >= t} dE_i E_i + de e + sum_{i < t} F_i, where
-            # F_i = dLoss/dEc_i Ec_i for Ec_i = exp(d_C - d_i). Written so that no O(1) terms cancel in float
-            # (gamma_ii = 1 and Ec_C = 1 do not depend on g), which would swamp tiny gradients of strong decays.
-            Hm.diagonal(dim1=-2, dim2=-1).zero_()
-            dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) - (nRW * kb).sum(-1)) * E
-            dd[..., -1] += (de * e).squeeze(-1)
-            Fk = (dkc * kc).sum(-1)  # (n, BH, C)
-            torch.add(dd.flip(-1).cumsum(-1).flip(-1), F.pad(Fk[..., :-1].cumsum(-1), (1, 0)), out=dg[s])
-            torch.mul(dRU, gb, out=dv[s])
-            torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=dbeta[s])
-        return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None), None
+        q, k, v, g, beta, starts, *kept = ctx.saved_tensors
+        lay = ctx.lay
+        qc, kc, vc, gc, bc = lay.prepare(q, k, v, g, beta)
+        dSc = None if dS is None else dS.reshape(lay.B * lay.HV, lay.K, lay.V)
+        dq, dk, dv, dg, dbeta, ds0 = _chunk_backward(qc, kc, vc, bc, gc.cumsum(-1), starts, kept, lay.chunks(do),
+                                                     dSc)
+        dq = lay.qk_grad(dq.mul_(lay.scale), q)
+        dk = lay.qk_grad(dk, k)
+        dv = lay.unchunks(dv).to(v.dtype)
+        dg = lay.unchunks(dg.unsqueeze(-1)).squeeze(-1).to(g.dtype)
+        dbeta = lay.unchunks(dbeta.unsqueeze(-1)).squeeze(-1).to(beta.dtype)
+        ds0 = ds0.reshape(lay.B, lay.HV, lay.K, lay.V).to(ctx.s0_dtype) if ctx.has_s0 else None
+        return dq, dk, dv, dg, dbeta, ds0, None, None
 
 
 @full_precision
@@ -324,32 +410,33 @@ def chunk_gated_delta_rule(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out_dtype = v.dtype
+    inputs = (q, k, v, g, beta) + (() if initial_state is None else (initial_state,))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        _check(q, k, v, g, beta, initial_state)
+        if q.shape[1] == 0:
+            return _prepared_forward(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                     use_qk_l2norm_in_kernel, chunk_size)
+        lay = _Layout(q, v, scale, use_qk_l2norm_in_kernel, chunk_size)
+        o, S = _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, keep_factors, lay)
+        return o.to(out_dtype), (S if output_final_state else None)
+    return _prepared_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                             chunk_size)
+
+
+def _prepared_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                      chunk_size):
+    """The forward without autograd (inference, and T = 0)."""
+    out_dtype = v.dtype
     q, k, v, g, beta, s0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     B, T, HV, K = q.shape
     V = v.shape[-1]
-    C = min(chunk_size, T)  # a sequence shorter than one chunk is one chunk, unpadded
     if T == 0:
         final = (s0 if s0 is not None else q.new_zeros(B, HV, K, V)) if output_final_state else None
         return v.new_zeros(B, 0, HV, V).to(out_dtype), final
-    N = -(-T // C)  # number of chunks
-    pad = N * C - T
-    if pad:  # padded steps are identities: g = 0, beta = 0, k = v = q = 0
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-        g, beta = (F.pad(t, (0, 0, 0, pad)) for t in (g, beta))
-    BH = B * HV
-
-    def chunks(t):  # (B, N*C, HV, D) -> (N, B*HV, C, D), chunk-major so the scan reads contiguous slices
-        return t.reshape(B, N, C, HV, -1).permute(1, 0, 3, 2, 4).reshape(N, BH, C, t.shape[-1]).contiguous()
-
-    q, k, v = chunks(q), chunks(k), chunks(v)
-    g = chunks(g.unsqueeze(-1)).squeeze(-1)  # (N, BH, C)
-    beta = chunks(beta.unsqueeze(-1)).squeeze(-1)  # (N, BH, C)
-    s0 = None if s0 is None else s0.reshape(BH, K, V)
-    inputs = (q, k, v, g, beta) + (() if s0 is None else (s0,))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        o, S = _ChunkGatedDeltaRule.apply(q, k, v, g, beta, s0, keep_factors)
-    else:
-        o, S, _, _, _ = _chunk_forward(q, k, v, g, beta, s0, keep_states=False)
-    o = o.reshape(N, B, HV, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, HV, V)[:, :T]
+    lay = _Layout(q, v, 1.0, False, chunk_size)  # q and k are prepared already
+    qc, kc, vc, gc, bc = (lay.chunks(t) for t in (q, k, v, g.unsqueeze(-1), beta.unsqueeze(-1)))
+    s0 = None if s0 is None else s0.reshape(B * HV, K, V)
+    o, S, _, _, _ = _chunk_forward(qc, kc, vc, gc.squeeze(-1), bc.squeeze(-1), s0, keep_states=False)
+    o = lay.unchunks(o)
     final = S.reshape(B, HV, K, V) if output_final_state else None
     return o.to(out_dtype), final
