@@ -2,11 +2,11 @@
 
 For each n of ``bench.lengths`` (a geometric ladder): one training step (forward + backward + AdamW) at length n,
 its time and peak memory; inference prefill of n tokens, its tokens/s and peak memory; per-token decode time
-after a prefix of n (through the mixers' state); and the cache/state bytes after n tokens, both analytic
-(``state_bytes``) and measured (the tensors actually held). A length that runs out of memory, over the time
-budget (``bench.time_budget_s`` for one measurement, ``bench.memory_budget_gb`` for the training step's peak,
-predicted from the two previous lengths before it is tried) or into an error is recorded with its status
-(``over_budget``, ``oom``, ``error``) and reason, and ends the ladder; the run goes on.
+after a prefix of n (through the mixers' state, with ``HybridLM.decode_step``); and the cache/state bytes after
+n tokens, both analytic (``state_bytes``) and measured (the tensors actually held). A length that runs out of
+memory, over the time budget (``bench.time_budget_s`` for one measurement, ``bench.memory_budget_gb`` for the
+training step's peak, predicted from the two previous lengths before it is tried) or into an error is recorded
+with its status (``over_budget``, ``oom``, ``error``) and reason, and ends the ladder; the run goes on.
 """
 from __future__ import annotations
 
@@ -83,14 +83,16 @@ def bench_length(model, n: int, cfg, device) -> dict:
         row["state_bytes"] = model.state_bytes(B, n, next(model.parameters()).dtype)
         row["state_bytes_measured"] = state_nbytes(state)
 
+        # decoding through the mixers' fast step (HybridLM.decode_step), one token at a time; the warm-up step
+        # also builds the step's cached tensors, and continuing from the prefill's state again is safe
         nxt = torch.randint(0, model.vocab_size, (B, bc.decode_tokens), generator=gen).to(device)
-        _, s = model(nxt[:, :1], state, need_state=True)  # warm-up step
+        model.decode_step(nxt[:, :1], state)  # warm-up step
         times = []
         s = state
         for i in range(bc.decode_tokens):
             _sync(device)
             t0 = time.perf_counter()
-            _, s = model(nxt[:, i:i + 1], s, need_state=True)
+            _, s = model.decode_step(nxt[:, i:i + 1], s)
             _sync(device)
             times.append(time.perf_counter() - t0)
         row["decode_s_per_token"] = statistics.median(times)

@@ -26,6 +26,11 @@ class SwiGLU(nn.Module):
         g, u = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(g) * u)
 
+    def step(self, x):
+        """:meth:`forward` without the module calls (the decode step; float32/float64, no autocast)."""
+        g, u = F.linear(x, self.gate_up.weight).chunk(2, dim=-1)
+        return F.linear(F.silu(g).mul_(u), self.down.weight)
+
 
 class Block(nn.Module):
     def __init__(self, d_model: int, mixer: nn.Module, mlp_hidden: int, eps: float):
@@ -40,6 +45,12 @@ class Block(nn.Module):
         x = x + y
         x = x + self.mlp(self.norm2(x))
         return x, new_state
+
+    def step(self, x, state):
+        """:meth:`forward` through the mixer's decode step (runner/mixers/base.py, ``Mixer.step``)."""
+        y, new_state = self.mixer.step(self.norm1.step(x), state)
+        x = x + y
+        return x + self.mlp.step(self.norm2.step(x)), new_state
 
 
 def default_mlp_hidden(d_model: int) -> int:
@@ -100,6 +111,23 @@ class HybridLM(nn.Module):
             new_states.append(s)
         logits = self.head(self.norm(x))
         return logits, (new_states if need_state else None)
+
+    @torch.no_grad()
+    def decode_step(self, idx: torch.Tensor, state: list):
+        """Continue the per-layer ``state`` (from ``forward(..., need_state=True)`` or an earlier decode_step) by
+        the tokens idx (B, T), T small (one when decoding): (logits (B, T, vocab), new states), the same as
+        ``forward(idx, state, need_state=True)`` up to float rounding, through each mixer's fast step, without
+        autograd. The input states are not modified, so one state can be continued more than once. Meant for
+        inference (eval mode); the mixers fall back to ``forward`` where their fast step does not apply."""
+        if (state is None or idx.shape[1] > 8 or torch.is_autocast_enabled(idx.device.type)
+                or self.embed.weight.dtype not in (torch.float32, torch.float64)):
+            return self(idx, state, need_state=True)  # prefill, autocast, half precision: the eager path
+        x = F.embedding(idx, self.embed.weight)
+        new_states = []
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s)
+            new_states.append(s)
+        return F.linear(self.norm.step(x), self.head.weight), new_states
 
     def aux_loss(self) -> Optional[torch.Tensor]:
         """Sum of the mixers' auxiliary losses from the last forward (e.g. the sparse-attention indexer's KL)."""

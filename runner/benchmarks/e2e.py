@@ -20,8 +20,8 @@ against; its full-attention layers run torch SDPA as ours do.
 
 Decode mode (``--decode``) prefills our all-linear (1:0) model and our all-full (0:1) model to each prefix
 length n in pieces (the state carried between pieces, never recomputed), then times single-token decoding
-steps through the mixers' state: constant per token for the linear model, growing with n for softmax
-attention, together with the state bytes of each.
+steps through the mixers' state (``HybridLM.decode_step``, the mixers' fast step): constant per token for the
+linear model, growing with n for softmax attention, together with the state bytes of each.
 
 Runtime: idle OpenMP threads spin briefly, then sleep, and glibc malloc keeps freed memory for reuse (both set by
 runner/cpu_runtime.py when the package is imported, unless the user set the variables). Sleeping at once
@@ -419,11 +419,11 @@ def _decode_times(model, lengths: list[int], decode_tokens: int, piece: int, bat
             _, state = model(idx[:, pos:end], state, need_state=True)
             pos = end
         nxt = idx[:, n_max:n_max + decode_tokens]
-        model(nxt[:, :1], state, need_state=True)  # warm-up
+        model.decode_step(nxt[:, :1], state)  # warm-up
         times, s = [], state
         for i in range(decode_tokens):
             t0 = time.perf_counter()
-            _, s = model(nxt[:, i:i + 1], s, need_state=True)
+            _, s = model.decode_step(nxt[:, i:i + 1], s)
             times.append(time.perf_counter() - t0)
         out[n] = (statistics.median(times), state_nbytes(state))
     return out

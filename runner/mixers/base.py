@@ -16,6 +16,26 @@ its kind:
 * ``residual_out``: the names of the projections into the residual stream (for the scaled initialisation);
   ``aux_loss``: an extra loss from the last forward, or None; ``bidirectional``: whether it can run without the
   causal mask (False for all so far: causal only).
+
+The decode step, ``step(x, state) -> (y, new_state)``: continues ``state`` by a few tokens x (B, T, d_model) for
+inference (the model's ``decode_step``, the benchmark's decode loop). It guarantees:
+
+* the same outputs and the same state as ``forward(x, state, need_state=True)``, up to float rounding (the
+  arithmetic may be rearranged: fused projections, folded constants), with the same keys, shapes and dtypes, so
+  either can continue from the other's state;
+* the input state is never modified in place (new tensors are returned; the KV caches append into spare room
+  after the cache, which :mod:`runner.mixers.kv_cache` keeps safe when one state is continued twice);
+* it follows the current parameters: the tensors it derives from them (concatenated projection weights, folded
+  gains) are cached by :meth:`Mixer.step_tensors` and rebuilt when any parameter changed in place (its version
+  counter: optimizer steps, ``load_state_dict``, in-place edits under ``no_grad``), after ``to()`` / ``double()``
+  / ``cuda()`` and after ``train()`` / ``eval()``. A parameter replaced by a new object, or written through
+  ``.data`` (which bypasses the version counter), needs ``train()`` / ``eval()`` or
+  :meth:`Mixer.clear_step_cache`.
+
+The base class's ``step`` is ``forward``, so every mixer is correct by default; mixers override it with a path
+that has no per-token shape checks, dtype promotions or module calls. Those paths run only for inference (no
+autograd recording, no autocast, the parameters' dtype float32 or float64, a given state, at most a few tokens)
+and fall back to ``forward`` otherwise.
 """
 from __future__ import annotations
 
@@ -59,6 +79,65 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError
+
+    # -- the decode step (module docstring) ----------------------------------------------------------------------
+    step_max_tokens: int = 8  # longer calls of ``step`` run ``forward`` (its chunked/parallel form)
+    _step_cache = None  # (parameters, their version counters, the tensors build_step_tensors derived from them)
+
+    def step(self, x: torch.Tensor, state: Optional[State]):
+        """Continue ``state`` by the tokens x (B, T, d_model) for inference: the results of
+        ``forward(x, state, need_state=True)`` (module docstring). Mixers with a fast path define
+        :meth:`step_token` (one token) and :meth:`build_step_tensors`; a few tokens run it once per token."""
+        if self.step_token is None:
+            return self.forward(x, state, need_state=True)
+        tensors, T = self.step_tensors(), x.shape[1]
+        if (state is None or not 0 < T <= self.step_max_tokens or torch.is_grad_enabled()
+                or x.dtype != tensors[0].dtype or torch.is_autocast_enabled(x.device.type) or not self.step_ready()):
+            return self.forward(x, state, need_state=True)
+        if T == 1:
+            return self.step_token(x, state, tensors)
+        ys = []
+        for t in range(T):
+            y, state = self.step_token(x[:, t:t + 1], state, tensors)
+            ys.append(y)
+        return torch.cat(ys, 1), state
+
+    # step_token(x (B, 1, d_model), state, tensors) -> (y (B, 1, d_model), new_state): the fast path of one token,
+    # with tensors = step_tensors() (whose first element is in the parameters' dtype); None = no fast path
+    step_token = None
+
+    def step_ready(self) -> bool:
+        """False where the fast path does not apply to this mixer's mode (e.g. training-only work)."""
+        return True
+
+    def build_step_tensors(self):
+        """The tensors a fast ``step`` derives from the parameters (called without autograd)."""
+        raise NotImplementedError
+
+    def step_tensors(self):
+        """:meth:`build_step_tensors`, cached until a parameter changes in place (its version counter), the
+        module moves or changes dtype (``_apply``: ``to``, ``double``, ``cuda``...) or ``train()`` runs."""
+        cache = self._step_cache
+        if cache is not None:
+            params, versions, value = cache
+            if versions == [p._version for p in params]:
+                return value
+        params = list(self.parameters())
+        with torch.no_grad():
+            value = self.build_step_tensors()
+        self._step_cache = (params, [p._version for p in params], value)
+        return value
+
+    def clear_step_cache(self) -> None:
+        self._step_cache = None
+
+    def train(self, mode: bool = True):
+        self._step_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._step_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def chunk_op(self, name: str):
         """The chunked op ``name`` of this mixer's kernel backend (``kernels=``)."""
@@ -113,6 +192,12 @@ class RMSNorm(nn.Module):
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * w.to(xf.dtype)).to(x.dtype)
 
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` as one fused call, for inputs in the weight's dtype (the decode step)."""
+        if x.dtype != self.weight.dtype or self.zero_centered:
+            return self(x)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
 
 class GatedRMSNorm(nn.Module):
     """Output norm of the gated linear mixers: RMSNorm(o) * act(z) (Gated DeltaNet / Qwen3-Next use SiLU,
@@ -163,6 +248,20 @@ class ShortConv(nn.Module):
     def flops_per_token(self) -> int:
         return 2 * self.channels * self.size
 
+    def taps(self) -> torch.Tensor:
+        """The kernel as (size, channels), for :func:`conv_step`."""
+        return self.weight.detach().reshape(self.channels, self.size).t().contiguous()
+
+
+def conv_step(x: torch.Tensor, tail: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor] = None):
+    """:class:`ShortConv` with SiLU of one new input x (B, C) after ``tail`` (B, C, K - 1), the inputs just before
+    it: the dot of each channel's taps (K, C) with its window. Returns y (B, C) and the new tail (B, C, K - 1), a
+    view of the window, which is kept time-major (B, K, C) as ShortConv's own tail is (the input tail is not
+    modified)."""
+    window = torch.cat([tail.transpose(1, 2), x.unsqueeze(1)], 1)  # (B, K, C)
+    y = torch.linalg.vecdot(window, taps, dim=1)
+    return F.silu(y if bias is None else y.add_(bias)), window[:, 1:].transpose(1, 2)
+
 
 def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, base: float = 10000.0, dtype=torch.float32):
     """cos, sin of shape (T, rotary_dim // 2) for integer positions (T,)."""
@@ -180,3 +279,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
     return torch.cat([out, xp], dim=-1) if xp.shape[-1] else out
+
+
+# (rotary_dim, width, offset, base, dtype, device) -> (cos, sin, perm) of rope_tables, the longest built so far
+_ROPE_TABLES: dict = {}
+
+
+def rope_tables(length: int, rotary_dim: int, width: int, offset: int = 0, base: float = 10000.0,
+                dtype=torch.float32, device=None):
+    """RoPE of the decode step as ``x * cos + x[..., perm] * sin`` (:func:`rope_step`): cos and sin (L, 1, width)
+    for positions 0 .. L - 1 (L >= length), rotating channels offset .. offset + rotary_dim of ``width`` in the
+    rotate-half convention of :func:`apply_rope` (cos 1 and sin 0 on the others), and perm (width,), the channel
+    that meets each sin. Values are those of :func:`rope_cos_sin`; tables are shared by the layers and grown by
+    doubling."""
+    key = (rotary_dim, width, offset, base, dtype, device)
+    have = _ROPE_TABLES.get(key)
+    if have is not None and have[0].shape[0] >= length:
+        return have
+    L = max(1024, 2 * length, 0 if have is None else 2 * have[0].shape[0])
+    c, s = rope_cos_sin(torch.arange(L, device=device), rotary_dim, base, dtype)  # (L, r / 2)
+    h, after = rotary_dim // 2, width - offset - rotary_dim
+    ones, zeros = c.new_ones(L, offset), c.new_zeros(L, offset)
+    cos = torch.cat([ones, c, c, c.new_ones(L, after)], -1)[:, None]
+    sin = torch.cat([zeros, -s, s, c.new_zeros(L, after)], -1)[:, None]
+    idx = torch.arange(width, device=device)
+    perm = torch.cat([idx[:offset], idx[offset + h:offset + 2 * h], idx[offset:offset + h], idx[offset + 2 * h:]])
+    _ROPE_TABLES[key] = (cos, sin, perm)
+    return cos, sin, perm
+
+
+def rope_step(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` of x (B, T, heads, width) with rows of :func:`rope_tables` (T, 1, width)."""
+    return torch.addcmul(x * cos, x.index_select(-1, perm), sin)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import State, apply_rope, dtype_bytes
+from .base import State, apply_rope, dtype_bytes, rope_step, rope_tables
 from .kv_cache import append_time
 from .mla import MLAConfig, MultiHeadLatentAttention
 from .softmax import causal_mask
@@ -171,6 +171,53 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
         if not need_state:
             return y, None
         return y, {"kv": latent, "index_k": index_k}
+
+    # -- the decode step (runner/mixers/base.py) ---------------------------------------------------------------
+    def step_ready(self) -> bool:
+        return not self.training  # training also builds the indexer's loss: forward does that
+
+    def build_step_tensors(self):
+        """MLA's step tensors (absorbed form) with the indexer's projections appended: its key and weight
+        projections (and, with a full-rank query, its query projection) as the last columns of the input
+        projection, its query projection from the query latent as the last columns of the second one."""
+        W_in, bias, W_q2, W_ov, b_o = super().build_step_tensors()
+        ix = self.indexer
+        extra = [ix.k_proj.weight, ix.w_proj.weight] + ([] if W_q2 is not None else [ix.q_proj.weight])
+        extra = torch.cat(extra)
+        W_in = torch.cat([W_in, extra.t()], 1)
+        if bias is not None:
+            bias = torch.cat([bias, bias.new_zeros(extra.shape[0])])
+        if W_q2 is not None:
+            W_q2 = torch.cat([W_q2, ix.q_proj.weight.t()], 1)
+        return W_in.contiguous(), bias, W_q2 if W_q2 is None else W_q2.contiguous(), W_ov, b_o
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step: MLA's absorbed step over the keys the indexer selects."""
+        q, latent, p, q2 = self.latent_step(x, state, tensors)
+        ix, B = self.indexer, x.shape[0]
+        Hi, Di, dr = ix.n_heads, ix.head_dim, self.qk_rope_head_dim
+        start = latent.shape[1] - 1
+        rope = None
+        if self.cfg.rope and dr:
+            cos, sin, perm = rope_tables(start + 1, dr, Di, 0, self.cfg.rope_theta, p.dtype, p.device)
+            rope = (cos[start:start + 1], sin[start:start + 1], perm)
+        n_mla = p.shape[1] - Di - Hi - (0 if q2 is not None else Hi * Di)
+        k_i = F.layer_norm(p[:, n_mla:n_mla + Di], (Di,), ix.k_norm.weight, ix.k_norm.bias, ix.k_norm.eps)
+        if rope is not None:
+            k_i = rope_step(k_i.view(B, 1, 1, Di), *rope)
+        index_k = append_time(state["index_k"], k_i.view(B, 1, Di))  # (B, n, Di)
+        n = index_k.shape[1]
+        mask = None
+        if not self.cfg.indexer_warmup and self.index_topk < n:
+            w = p[:, n_mla + Di:n_mla + Di + Hi] * Hi ** -0.5  # (B, Hi)
+            q_i = q2[:, q2.shape[1] - Hi * Di:] if q2 is not None else p[:, n_mla + Di + Hi:]
+            q_i = q_i.reshape(B, 1, Hi, Di)
+            if rope is not None:
+                q_i = rope_step(q_i, *rope)
+            s = torch.bmm(q_i.view(B, Hi, Di), index_k.transpose(1, 2)).mul_(Di ** -0.5).relu_()  # (B, Hi, n)
+            scores = torch.bmm(w.unsqueeze(1), s)  # (B, 1, n)
+            mask = self.select(scores, torch.ones_like(scores, dtype=torch.bool))
+        return self.latent_attend(q, latent, tensors, mask), {"kv": latent, "index_k": index_k}
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         return batch * n * (self.latent_dim() + self.index_head_dim) * dtype_bytes(dtype)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, RMSNorm, ShortConv, dtype_bytes, l2norm
+from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, RMSNorm, ShortConv, conv_step, dtype_bytes, l2norm
 from runner.ops.gated_delta_rule import recurrent_gated_delta_rule
 
 RECURRENT_MAX_T = 8  # pieces this short (decoding) run the token-by-token op, which is cheaper there
@@ -162,6 +162,64 @@ class GatedDeltaNet(Mixer):
             return y, None
         new_state["S"] = S
         return y, new_state
+
+    def build_step_tensors(self):
+        """For :meth:`step_token`: one (d_model, P) matrix of every input projection [q k v | z | b | a] with dt_bias
+        as the bias of the a columns, the conv taps, the constants (c, eps * c) of the l2 norm that also applies q's
+        head_dim ** -0.5 (rsqrt(c (|x|^2 + eps)), c = head_dim for q, 1 for k), -exp(A_log), and out_proj
+        (value_dim, d_model) with the output norm's gain folded in (times sqrt(head_v_dim), as the step's norm
+        takes the sum of squares, not the mean)."""
+        H, HV, Vh = self.num_heads, self.num_v_heads, self.head_v_dim
+        rows = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]
+        rows += [self.z_proj.weight] if self.cfg.use_gate else []
+        rows += [self.b_proj.weight] + ([self.a_proj.weight] if self.gated_decay else [])
+        W = torch.cat(rows).t().contiguous()
+        bias = neg_A = None
+        if self.gated_decay:
+            bias = W.new_zeros(W.shape[1])
+            bias[-HV:] = self.dt_bias
+            neg_A = -self.A_log.exp()
+        taps = self.conv.taps() if self.conv is not None else None
+        c = W.new_tensor([[float(self.head_dim)] * H, [1.0] * H]).view(2, 1, H)
+        gain = (self.norm.weight * math.sqrt(Vh)).repeat(HV)
+        W_out = (self.out_proj.weight * gain).t().contiguous()
+        split = [2 * self.key_dim + self.value_dim, self.value_dim if self.cfg.use_gate else 0, HV,
+                 HV if self.gated_decay else 0]
+        return W, bias, taps, c, c * 1e-6, neg_A, W_out, Vh * self.norm.eps, split
+
+    def step_token(self, x: torch.Tensor, state: dict, tensors):
+        """One token of the decode step (runner/mixers/base.py): the recurrent form of :meth:`forward` in few ops,
+        batched over (batch, value head)."""
+        W, bias, taps, c, eps_c, neg_A, W_out, eps_o, split = tensors
+        B = x.shape[0]
+        H, HV, K, Vh, kd, vd = self.num_heads, self.num_v_heads, self.head_dim, self.head_v_dim, self.key_dim, \
+            self.value_dim
+        x2 = x.reshape(B, -1)
+        p = x2 @ W if bias is None else torch.addmm(bias, x2, W)  # (B, P)
+        qkv, z, b, a = p.split(split, dim=1)
+        new_state = {}
+        if taps is not None:
+            qkv, new_state["conv"] = conv_step(qkv, state["conv"], taps)
+        else:
+            qkv = F.silu(qkv)
+        qk = qkv[:, :2 * kd].view(B, 2, H, K).transpose(0, 1)  # (2, B, H, K)
+        # l2 norm, q scaled; the factor first, so the product comes out (2, B, H, K)-contiguous
+        qk = torch.addcmul(eps_c, torch.linalg.vecdot(qk, qk), c).rsqrt_().unsqueeze(-1) * qk
+        qk = qk.repeat_interleave(HV // H, dim=2) if HV != H else qk.contiguous()  # (2, B, HV, K)
+        q, k = qk.view(2, B * HV, 1, K).unbind(0)
+        S = state["S"].reshape(B * HV, K, Vh)
+        if neg_A is not None:
+            S = S * F.softplus(a).mul_(neg_A).exp_().view(B * HV, 1, 1)  # decayed: a new tensor, the input is kept
+        v = qkv[:, 2 * kd:].reshape(B * HV, 1, Vh)
+        delta = torch.baddbmm(v, k, S, alpha=-1.0).mul_(torch.sigmoid(b).view(B * HV, 1, 1))  # beta (v - S^T k)
+        k = k.view(B * HV, K, 1)
+        S = S.addcmul_(k, delta) if neg_A is not None else torch.addcmul(S, k, delta)  # + k delta^T
+        o = torch.bmm(q, S).view(B, HV, Vh)  # S^T q
+        y = o.mul_(torch.linalg.vecdot(o, o).add_(eps_o).rsqrt_().unsqueeze(-1))  # output RMSNorm, gain in W_out
+        if self.cfg.use_gate:
+            y.mul_(F.silu(z).view(B, HV, Vh))
+        new_state["S"] = S.view(B, HV, K, Vh)
+        return (y.view(B, vd) @ W_out).view(B, 1, -1), new_state
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         S = batch * self.num_v_heads * self.head_dim * self.head_v_dim * dtype_bytes(_state_dtype(dtype))

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, ShortConv, State, dtype_bytes
+from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, ShortConv, State, conv_step, dtype_bytes
 from runner.ops.kda import recurrent_kda
 
 _MODES = ("chunk", "recurrent")
@@ -150,6 +150,61 @@ class KimiDeltaAttention(Mixer):
         if tail is not None:
             new_state["conv"] = tail
         return y, new_state
+
+    def build_step_tensors(self):
+        """For :meth:`step_token`: one (d_model, P) matrix of the input projections [q k v | b | f_a g_a], the
+        decay's and the gate's second projections as one block-diagonal (K + r, H K + HV VD) matrix with dt_bias
+        as the bias of the decay columns, the conv taps, the l2 norm's constants (c, eps * c) that also apply
+        q's head_dim ** -0.5, -exp(A_log) (H, 1), and o_proj with the output norm's gain (times sqrt(VD))."""
+        H, HV, K, VD = self.H, self.HV, self.K, self.VD
+        W = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.b_proj.weight,
+                       self.f_a_proj.weight, self.g_a_proj.weight]).t().contiguous()
+        r = self.g_a_proj.out_features
+        W2 = W.new_zeros(K + r, H * K + HV * VD)
+        W2[:K, :H * K] = self.f_b_proj.weight.t()
+        W2[K:, H * K:] = self.g_b_proj.weight.t()
+        bias2 = torch.cat([self.dt_bias, W.new_zeros(HV * VD)])
+        taps = self.conv.taps() if self.conv is not None else None
+        c = W.new_tensor([[float(K)] * H, [1.0] * H]).view(2, 1, H)
+        W_o = (self.o_proj.weight * (self.o_norm.weight * math.sqrt(VD)).repeat(HV)).t().contiguous()
+        split = [2 * H * K + HV * VD, H, K + r]
+        return W, W2, bias2, taps, c, c * 1e-6, -self.A_log.exp().view(H, 1), W_o, VD * self.o_norm.eps, split
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step (runner/mixers/base.py): the recurrent form of :meth:`forward` in few ops,
+        batched over (batch, value head)."""
+        W, W2, bias2, taps, c, eps_c, neg_A, W_o, eps_o, split = tensors
+        B = x.shape[0]
+        H, HV, K, VD = self.H, self.HV, self.K, self.VD
+        qkv, b, fg = (x.reshape(B, -1) @ W).split(split, dim=1)
+        f, gate = torch.addmm(bias2, fg, W2).split([H * K, HV * VD], dim=1)
+        new_state = {}
+        if taps is not None:
+            qkv, tail = conv_step(qkv, state["conv"], taps)
+        else:
+            qkv = F.silu(qkv)
+        qk = qkv[:, :2 * H * K].view(B, 2, H, K).transpose(0, 1)  # (2, B, H, K)
+        # l2 norm, q scaled; the factor first, so the product comes out (2, B, H, K)-contiguous
+        qk = torch.addcmul(eps_c, torch.linalg.vecdot(qk, qk), c).rsqrt_().unsqueeze(-1) * qk
+        alpha = F.softplus(f.view(B, H, K)).mul_(neg_A).exp_()  # per-channel decay exp(g)
+        beta = torch.sigmoid(b)  # (B, H)
+        if HV != H:  # each q/k head, its decay and beta serve HV // H consecutive value heads
+            g = HV // H
+            qk, alpha, beta = qk.repeat_interleave(g, 2), alpha.repeat_interleave(g, 1), beta.repeat_interleave(g, 1)
+        else:
+            qk = qk.contiguous()
+        q, k = qk.view(2, B * HV, 1, K).unbind(0)
+        S = state["S"].reshape(B * HV, K, VD) * alpha.view(B * HV, K, 1)  # a new tensor: the input is kept
+        v = qkv[:, 2 * H * K:].reshape(B * HV, 1, VD)
+        delta = torch.baddbmm(v, k, S, alpha=-1.0).mul_(beta.reshape(B * HV, 1, 1))  # beta (v - S^T k)
+        S.addcmul_(k.view(B * HV, K, 1), delta)  # + k delta^T
+        o = torch.bmm(q, S).view(B, HV, VD)  # S^T q
+        y = o.mul_(torch.linalg.vecdot(o, o).add_(eps_o).rsqrt_().unsqueeze(-1))  # output RMSNorm, gain in W_o
+        y.mul_(torch.sigmoid(gate).view(B, HV, VD))
+        new_state["S"] = S.view(B, HV, K, VD)
+        if taps is not None:
+            new_state["conv"] = tail
+        return (y.view(B, HV * VD) @ W_o).view(B, 1, -1), new_state
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         """The recurrent state (B, HV, K, VD) in float32 (float64 for a float64 model) plus the short

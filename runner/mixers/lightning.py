@@ -27,6 +27,7 @@ padding mask (the runner has none); the norm epsilon is an option (transformers:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -89,6 +90,29 @@ class LightningAttention(Mixer):
                          chunk_size=self.cfg.chunk_size)
         y = self.out_proj(self.norm(o.reshape(B, T, H * D), self.output_gate(x)))
         return y, ({"S": S} if need_state else None)
+
+    def build_step_tensors(self):
+        """For :meth:`step_token`: [qkv_proj | output_gate] as one (d_model, 4 H D) matrix, the per-step decay
+        exp(-s) (1, H, 1, 1) in the compute dtype, and out_proj with the norm's gain (times sqrt(H D))."""
+        W = torch.cat([self.qkv_proj.weight, self.output_gate.weight]).t().contiguous()
+        cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
+        s = lightning_decay_rates(self.H, self.layer_idx, self.n_layers, cdt, W.device)
+        W_out = (self.out_proj.weight * (self.norm.weight * math.sqrt(self.H * self.D))).t().contiguous()
+        return W, (-s).exp().view(1, self.H, 1, 1), W_out, self.H * self.D * self.norm.eps
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step (runner/mixers/base.py): S = exp(-s) S + k v^T, o = S^T q, batched over
+        (batch, head)."""
+        W, decay, W_out, eps_o = tensors
+        B = x.shape[0]
+        H, D = self.H, self.D
+        qkv, gate = (x.reshape(B, -1) @ W).split([3 * H * D, H * D], dim=1)
+        q, k, v = F.silu(qkv).view(B * H, 3, D).split(1, dim=1)  # per head [q | k | v], each (B H, 1, D)
+        S = (state["S"] * decay).reshape(B * H, D, D)  # a new tensor: the input is kept
+        S.addcmul_(k.transpose(1, 2), v)  # + k v^T
+        o = torch.bmm(q, S).view(B, H * D)
+        y = (o * torch.linalg.vecdot(o, o).add_(eps_o).rsqrt_().unsqueeze(-1)).mul_(torch.sigmoid(gate))
+        return (y @ W_out).view(B, 1, -1), {"S": S.view(B, H, D, D)}
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -23,6 +23,7 @@ convolution, no feature-map choice (phi is the paper's elu + 1). Projections hav
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -109,6 +110,34 @@ class LinearAttention(Mixer):
         if not need_state:
             return y, None
         return y, ({"S": final[0], "z": final[1]} if self.cfg.normalize else {"S": final})
+
+    def build_step_tensors(self):
+        """For :meth:`step_token`: the q/k/v projections as one (d_model, P) matrix and o_proj with the output
+        norm's gain (times sqrt(V)) folded in."""
+        W = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).t().contiguous()
+        W_o = self.o_proj.weight
+        if self.norm is not None:
+            W_o = W_o * (self.norm.weight * math.sqrt(self.V)).repeat(self.H)
+        return W, W_o.t().contiguous(), None if self.norm is None else self.V * self.norm.eps
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step (runner/mixers/base.py): S += phi(k) v^T, z += phi(k),
+        o = phi(q)^T S / (phi(q)^T z + eps)."""
+        W, W_o, eps_o = tensors
+        B = x.shape[0]
+        H, K, V = self.H, self.K, self.V
+        qk, v = (x.reshape(B, -1) @ W).split([2 * H * K, H * V], dim=1)
+        q, k = feature_map(qk).view(B, 2, H, K).unbind(1)  # (B, H, K) each
+        S = torch.addcmul(state["S"], k.unsqueeze(-1), v.view(B, H, 1, V))  # + phi(k) v^T, a new tensor
+        o = (q.unsqueeze(-2) @ S).view(B, H, V)
+        new_state = {"S": S}
+        if self.cfg.normalize:
+            z = state["z"] + k
+            o = o / (torch.linalg.vecdot(q, z).unsqueeze(-1) + self.cfg.eps)
+            new_state["z"] = z
+        if eps_o is not None:  # per-head RMSNorm, its gain in W_o
+            o = o * torch.linalg.vecdot(o, o).add_(eps_o).rsqrt_().unsqueeze(-1)
+        return (o.reshape(B, H * V) @ W_o).view(B, 1, -1), new_state
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         b = dtype_bytes(torch.float64 if dtype == torch.float64 else torch.float32)

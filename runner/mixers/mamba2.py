@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.mixers.base import Mixer, MixerConfig, ShortConv, State, dtype_bytes
+from runner.mixers.base import Mixer, MixerConfig, ShortConv, State, conv_step, dtype_bytes
 from runner.ops.ssd import recurrent_ssd
 
 _RECURRENT_BELOW = 8  # calls shorter than this (decoding) use the recurrent form: same result, less overhead
@@ -182,6 +182,48 @@ class Mamba2(Mixer):
         if tail is not None:
             new_state["conv"] = tail
         return out, new_state
+
+    def build_step_tensors(self):
+        """For :meth:`step_token`: in_proj as (d_model, P) with dt_bias added to the dt columns' bias, the conv
+        taps and bias, A = -exp(A_log), D (H, 1), and out_proj with the norm's gain (times sqrt of the group
+        size) folded in, and its bias."""
+        H, G = self.H, self.G
+        W = self.in_proj.weight.t().contiguous()
+        bias = W.new_zeros(W.shape[1]) if self.in_proj.bias is None else self.in_proj.bias.clone()
+        bias[-H:] += self.dt_bias
+        conv = (self.conv1d.taps(), self.conv1d.bias) if self.conv1d is not None else None
+        gs = self.d_inner // G
+        W_out = (self.out_proj.weight * (self.norm.weight * math.sqrt(gs))).t().contiguous()
+        split = [self.d_inner, G * self.N, G * self.N]  # x, B, C of the conv's output
+        return W, bias, conv, -self.A_log.exp(), self.D.view(H, 1), W_out, self.out_proj.bias, gs * self.norm.eps, \
+            split
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step (runner/mixers/base.py): h = exp(dt A) h + dt B x^T, y = h^T C + D x,
+        batched over (batch, group, head of the group)."""
+        W, bias, conv, A, D, W_out, b_out, eps_o, split = tensors
+        B = x.shape[0]
+        H, P, G, N = self.H, self.P, self.G, self.N
+        p = torch.addmm(bias, x.reshape(B, -1), W)
+        z, xBC, dt = p.split([self.d_inner, self.conv_dim, H], dim=1)
+        new_state = {}
+        if conv is not None:
+            xBC, tail = conv_step(xBC, state["conv"], *conv)
+        else:
+            xBC = F.silu(xBC)
+        xs, Bm, Cm = xBC.split(split, dim=1)
+        dt = F.softplus(dt)  # (B, H), dt_bias inside
+        k = Bm.view(B, G, 1, N) * dt.view(B, G, H // G, 1)  # dt B per head (B, G, H / G, N)
+        S = (state["S"] * (dt * A).exp_().view(B, H, 1, 1)).contiguous()  # a new tensor: the input is kept
+        S.view(B, G, H // G, N, P).addcmul_(k.unsqueeze(-1), xs.view(B, G, H // G, 1, P))
+        y = (Cm.view(B, G, 1, 1, N) @ S.view(B, G, H // G, N, P)).view(B, H, P)  # h^T C
+        h = torch.addcmul(y, xs.view(B, H, P), D).view(B, G, -1).mul_(F.silu(z).view(B, G, -1))  # gate, then norm
+        h = (h * torch.linalg.vecdot(h, h).add_(eps_o).rsqrt_().unsqueeze(-1)).view(B, -1)
+        out = h @ W_out if b_out is None else torch.addmm(b_out, h, W_out)
+        new_state["S"] = S
+        if conv is not None:
+            new_state["conv"] = tail
+        return out.view(B, 1, -1), new_state
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         ssm = batch * self.H * self.N * self.P * dtype_bytes(torch.float64 if dtype == torch.float64 else torch.float32)

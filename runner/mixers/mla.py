@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .base import Mixer, MixerConfig, RMSNorm, State, apply_rope, dtype_bytes, rope_cos_sin
+from .base import Mixer, MixerConfig, RMSNorm, State, apply_rope, dtype_bytes, rope_cos_sin, rope_step, rope_tables
 from .kv_cache import append_time
 from .softmax import attend
 
@@ -147,6 +148,80 @@ class MultiHeadLatentAttention(Mixer):
             latent = append_time(state["kv"], latent)  # (B, n, r + dr)
         y = self.output(q, *self.expand(latent))
         return y, ({"kv": latent} if need_state else None)
+
+    # -- the decode step (runner/mixers/base.py), in the absorbed form -------------------------------------------
+    def build_step_tensors(self):
+        """For the decode step, MLA's absorbed form (DeepSeek-V2, section 2.1.2): W_kvb's key part folds into the
+        query projection (q_h . W_kb_h c = (W_kb_h^T q_h) . c) and its value part into o_proj, so a step attends
+        over the cached latent directly, with no re-expansion of the cache.
+
+        Returns the input projection (d_model, P) with columns [q latent | c | k_rope] (low-rank q) or
+        [W_kb^T q_nope (H r) | c | q_rope (H dr) | k_rope] (full-rank q) and its bias, the low-rank query's second
+        projection [W_kb^T q_nope | q_rope] (q_lora_rank, H (r + dr)) or None, and o_proj composed with the value
+        part of W_kvb, (H r, d_model), with its bias."""
+        H, r, dn, dr, dv = self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim, \
+            self.v_head_dim
+        W_kv = self.kv_b_proj.weight.view(H, dn + dv, r)
+        W_kb, W_vb = W_kv[:, :dn], W_kv[:, dn:]  # (H, dn, r), (H, dv, r)
+        low_rank = bool(self.cfg.q_lora_rank)
+        W_q = (self.q_b_proj if low_rank else self.q_proj).weight.view(H, dn + dr, -1)  # (H, dn + dr, source)
+        q_abs = torch.einsum("hnr,hns->hrs", W_kb, W_q[:, :dn]).reshape(H * r, W_q.shape[2])
+        q_rope = W_q[:, dn:].reshape(H * dr, W_q.shape[2])
+        W_kva, b_kva = self.kv_a_proj.weight, self.kv_a_proj.bias
+        zeros = W_kva.new_zeros
+        if low_rank:
+            W_in = torch.cat([self.q_a_proj.weight, W_kva])
+            bias = torch.cat([self.q_a_proj.bias, b_kva]) if self.cfg.bias else None
+            W_q2 = torch.cat([q_abs, q_rope]).t().contiguous()
+        else:
+            W_in = torch.cat([q_abs, W_kva[:r], q_rope, W_kva[r:]])
+            bias = torch.cat([zeros(H * r), b_kva[:r], zeros(H * dr), b_kva[r:]]) if self.cfg.bias else None
+            W_q2 = None
+        W_ov = torch.einsum("dhv,hvr->hrd", self.o_proj.weight.view(-1, H, dv), W_vb).reshape(H * r, self.d_model)
+        return W_in.t().contiguous(), bias, W_q2, W_ov.contiguous(), self.o_proj.bias
+
+    def latent_step(self, x: torch.Tensor, state: State, tensors):
+        """The new token's queries in the absorbed form q (B, H, r + dr), the cache with its latent appended
+        (B, n, r + dr), and the outputs of the input projection (B, P) and of the low-rank query's second
+        projection (or None)."""
+        W_in, bias, W_q2 = tensors[:3]
+        B = x.shape[0]
+        H, r, dr, ql = self.num_heads, self.kv_lora_rank, self.qk_rope_head_dim, self.cfg.q_lora_rank or 0
+        x2 = x.reshape(B, -1)
+        p = x2 @ W_in if bias is None else torch.addmm(bias, x2, W_in)
+        q2 = None
+        if W_q2 is None:
+            q_abs, c, qk_rope = p[:, :H * r], p[:, H * r:H * r + r], p[:, H * r + r:(H + 1) * (r + dr)]
+        else:
+            q2 = F.rms_norm(p[:, :ql], (ql,), self.q_a_norm.weight, self.q_a_norm.eps) @ W_q2
+            q_abs, q_rope = q2[:, :H * r], q2[:, H * r:H * (r + dr)]
+            c, k_rope = p[:, ql:ql + r], p[:, ql + r:ql + r + dr]
+            qk_rope = torch.cat([q_rope, k_rope], 1)  # (B, (H + 1) dr): the heads' rope channels, then the key's
+        c = F.rms_norm(c, (r,), self.kv_a_norm.weight, self.kv_a_norm.eps)
+        qk_rope = qk_rope.reshape(B, 1, H + 1, dr)
+        start = state["kv"].shape[1]
+        if self.cfg.rope and dr:
+            cos, sin, perm = rope_tables(start + 1, dr, dr, 0, self.cfg.rope_theta, p.dtype, p.device)
+            qk_rope = rope_step(qk_rope, cos[start:start + 1], sin[start:start + 1], perm)
+        qk_rope = qk_rope.view(B, H + 1, dr)
+        latent = append_time(state["kv"], torch.cat([c, qk_rope[:, H]], 1).view(B, 1, r + dr))
+        return torch.cat([q_abs.view(B, H, r), qk_rope[:, :H]], 2), latent, p, q2
+
+    def latent_attend(self, q: torch.Tensor, latent: torch.Tensor, tensors, mask: Optional[torch.Tensor] = None):
+        """Softmax attention of the absorbed queries q (B, H, r + dr) over the latent cache (B, n, r + dr), keys
+        allowed by ``mask`` (B, 1, n) or all, then o_proj: y (B, 1, d_model)."""
+        W_ov, b_o = tensors[3:5]
+        B = q.shape[0]
+        scores = torch.bmm(q, latent.transpose(1, 2)).mul_(self.scale)  # (B, H, n)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
+        o = torch.bmm(torch.softmax(scores, -1), latent[..., :self.kv_lora_rank]).view(B, -1)  # (B, H r)
+        return (o @ W_ov if b_o is None else torch.addmm(b_o, o, W_ov)).view(B, 1, -1)
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step (runner/mixers/base.py), attending over the latent cache directly."""
+        q, latent, _, _ = self.latent_step(x, state, tensors)
+        return self.latent_attend(q, latent, tensors), {"kv": latent}
 
     def latent_dim(self) -> int:
         return self.kv_lora_rank + self.qk_rope_head_dim

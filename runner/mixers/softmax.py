@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Mixer, MixerConfig, RMSNorm, State, apply_rope, dtype_bytes, rope_cos_sin
+from .base import Mixer, MixerConfig, RMSNorm, State, apply_rope, dtype_bytes, rope_cos_sin, rope_step, rope_tables
 from .kv_cache import append_time
 
 
@@ -189,6 +189,54 @@ class SoftmaxAttention(Mixer):
         new_state = {"k": k[:, k.shape[1] - keep:], "v": v[:, v.shape[1] - keep:],
                      "pos": (start + T).expand(B).clone()}  # (B,) int64
         return y, new_state
+
+    def build_step_tensors(self):
+        """For :meth:`step_token`: the q/k/v projections as one (d_model, P) matrix and bias, out_proj as (H * D,
+        d_model) and its bias, and the QK-norm gains (a zero-centred norm's as 1 + w)."""
+        lin = (self.q_proj, self.k_proj, self.v_proj)
+        W = torch.cat([m.weight for m in lin]).t().contiguous()
+        bias = torch.cat([m.bias for m in lin]) if self.cfg.bias else None
+        gains = None
+        if self.q_norm is not None:
+            gains = tuple(n.weight + 1.0 if n.zero_centered else n.weight.detach() for n in (self.q_norm, self.k_norm))
+        return W, bias, self.o_proj.weight.t().contiguous(), self.o_proj.bias, gains
+
+    def step_token(self, x: torch.Tensor, state: State, tensors):
+        """One token of the decode step (runner/mixers/base.py): one projection matmul, RoPE from shared tables,
+        the KV cache appended in place (``append_time``) and SDPA of the one query over its keys (no mask)."""
+        W, bias, W_o, b_o, gains = tensors
+        B = x.shape[0]
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        x2 = x.reshape(B, -1)
+        p = (x2 @ W if bias is None else torch.addmm(bias, x2, W)).view(B, 1, -1)
+        nq = H * D * (2 if self.q_gate else 1)
+        q, k, v = p.split([nq, Hkv * D, Hkv * D], dim=2)
+        gate = None
+        if self.q_gate:  # per head [query | gate]
+            q, gate = q.view(B, 1, H, 2 * D).split(D, dim=3)
+        q, k, v = q.view(B, 1, H, D), k.view(B, 1, Hkv, D), v.view(B, 1, Hkv, D)
+        if gains is not None:
+            q, k = F.rms_norm(q, (D,), gains[0], self.q_norm.eps), F.rms_norm(k, (D,), gains[1], self.k_norm.eps)
+        if self.rotary_dim:
+            # the position: the cache length, or with a window the state's counter (read back: a sync on a GPU)
+            start = state["k"].shape[1] if self.window is None else int(state["pos"][0])
+            cos, sin, perm = rope_tables(start + 1, self.rotary_dim, D, 0, self.cfg.rope_theta, p.dtype, p.device)
+            qk = p[..., :nq + Hkv * D].view(B, 1, H + Hkv, D) if gains is None and gate is None \
+                else torch.cat([q, k], 2)  # (B, 1, H + Hkv, D)
+            q, k = rope_step(qk, cos[start:start + 1], sin[start:start + 1], perm).split([H, Hkv], dim=2)
+        k = append_time(state["k"], k)  # (B, n, Hkv, D), written into the cache's spare room
+        v = append_time(state["v"], v)
+        n = k.shape[1]
+        m = n if self.window is None else min(n, self.window)  # the keys the query sees, its own included
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k[:, n - m:].transpose(1, 2),
+                                           v[:, n - m:].transpose(1, 2), enable_gqa=Hkv != H)  # (B, H, 1, D)
+        if gate is not None:
+            o = o * torch.sigmoid(gate).transpose(1, 2)
+        o = o.reshape(B, H * D)
+        y = (o @ W_o if b_o is None else torch.addmm(b_o, o, W_o)).view(B, 1, -1)
+        if self.window is None:
+            return y, {"k": k, "v": v}
+        return y, {"k": k[:, n - m:], "v": v[:, n - m:], "pos": state["pos"] + 1}
 
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         m = n if self.window is None else min(n, self.window)
