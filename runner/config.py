@@ -39,6 +39,9 @@ class ModelConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # activation checkpointing per block: training keeps each block's input and recomputes the block in the
+    # backward, for less activation memory at the cost of about one more forward per step
+    checkpoint: bool = False
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .mixers import build_mixer
@@ -60,8 +61,12 @@ def default_mlp_hidden(d_model: int) -> int:
 class HybridLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
-                 init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token"):
+                 init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token",
+                 checkpoint: bool = False):
         super().__init__()
+        # activation checkpointing per block: training keeps each block's input only and recomputes the block
+        # in the backward (the usual remedy for activation memory; about one more forward of time)
+        self.checkpoint = checkpoint
         self.objective = objective  # the training objective's name (runner/objectives): its loss is this model's
         self.layer_types = list(layer_types)
         self.vocab_size, self.d_model = vocab_size, d_model
@@ -106,8 +111,12 @@ class HybridLM(nn.Module):
             return self.loss(idx, targets)
         x = self.embed(idx)
         new_states = []
+        recompute = self.checkpoint and self.training and state is None and not need_state and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[i], need_state=need_state)
+            if recompute:
+                x, s = torch.utils.checkpoint.checkpoint(block, x, None, False, use_reentrant=False)
+            else:
+                x, s = block(x, None if state is None else state[i], need_state=need_state)
             new_states.append(s)
         logits = self.head(self.norm(x))
         return logits, (new_states if need_state else None)
@@ -186,7 +195,7 @@ def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = Non
         objective = OmegaConf.select(cfg, "objective.name", default=None) if OmegaConf.is_config(cfg) else None
         return HybridLM(vocab_size, m.d_model, m.n_heads, kinds, spec(cfg.attention), spec(cfg.full), m.mlp_hidden,
                         m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels,
-                        objective=objective or "next_token")
+                        objective=objective or "next_token", checkpoint=bool(getattr(m, "checkpoint", False)))
 
     if str(device) == "meta":
         with torch.device("meta"):

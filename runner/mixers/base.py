@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.ops.backends import chunk_op
+from runner.ops.norms import gated_rms_norm, rms_norm
 from runner.ops.short_conv import causal_conv1d
 
 State = dict  # dict[str, torch.Tensor]
@@ -171,11 +172,6 @@ def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """Half precisions are normalised in float32; float32 and float64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 class RMSNorm(nn.Module):
     """RMSNorm. ``zero_centered=True`` stores the gain as w with scale (1 + w), w initialised at 0
     (Qwen3-Next's QK-norm and layer norms)."""
@@ -187,10 +183,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if zero_centered else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = 1.0 + self.weight if self.zero_centered else self.weight
-        xf = _upcast(x)
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * w.to(xf.dtype)).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, self.zero_centered)  # keeps only x and 1/rms for the backward
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` as one fused call, for inputs in the weight's dtype (the decode step)."""
@@ -212,10 +205,7 @@ class GatedRMSNorm(nn.Module):
         self.activation = activation
 
     def forward(self, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        of, zf = _upcast(o), _upcast(z)
-        y = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(of.dtype)
-        gate = F.silu(zf) if self.activation == "silu" else torch.sigmoid(zf)
-        return (y * gate).to(o.dtype)
+        return gated_rms_norm(o, z, self.weight, self.eps, self.activation)  # keeps only o, z and 1/rms
 
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:

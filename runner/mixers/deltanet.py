@@ -37,6 +37,7 @@ class DeltaNetConfig(MixerConfig):
     use_gate: bool = False  # output gate: RMSNorm(o) * SiLU(W_z x); False: RMSNorm(o)
     mode: str = "chunk"  # 'chunk' | 'recurrent'
     norm_eps: float = 1e-6
+    keep_factors: bool = False  # chunked op keeps its intra-chunk factors for the backward (faster, ~3x memory)
 
     def validate(self):
         _validate_common(self)

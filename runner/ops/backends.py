@@ -74,7 +74,7 @@ def _delta_rule(fla_op, q, k, v, g, beta, scale, initial_state, output_final_sta
 
 
 def _fla_chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-                                use_qk_l2norm_in_kernel=False, chunk_size=64):
+                                use_qk_l2norm_in_kernel=False, chunk_size=64, keep_factors=False):
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     return _delta_rule(chunk_gated_delta_rule, q, k, v, g, beta, scale, initial_state, output_final_state,
