@@ -62,8 +62,8 @@ def test_chunk_op_dispatch():
 @pytest.mark.parametrize("name,backward_inside", [
     ("chunk_gated_delta_rule", False), ("chunk_lightning_attn", False), ("chunk_kda", False),
     # the hand-written backwards keep float32 even when the backward runs inside the autocast region (as PyTorch
-    # recommends, the runner calls backward outside it; KDA's autograd backward would follow autocast there)
-    ("chunk_gated_delta_rule", True), ("chunk_lightning_attn", True)])
+    # recommends, the runner calls backward outside it)
+    ("chunk_gated_delta_rule", True), ("chunk_lightning_attn", True), ("chunk_kda", True)])
 def test_ops_keep_float32_math_under_bf16_autocast(name, backward_inside):
     """Under autocast the ops give bit for bit their float32 results (outputs, states and gradients)."""
     torch.manual_seed(0)

@@ -121,3 +121,32 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="initial_state"):
         recurrent_kda(q, k, v, g, beta, initial_state=s0[:, :, :3])
     assert chunk_kda(q, k, v, g, beta)[1] is None
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32, 64])
+@pytest.mark.parametrize("T", [1, 15, 64, 100, 150])
+@pytest.mark.parametrize("decay", [0.1, 20.0])
+def test_gradients_match_recurrent(chunk_size, T, decay):
+    """The hand-written backward: every input's gradient (initial state included) against the recurrent form,
+    for lengths below, at and across the chunk size and for weak and strong decays."""
+    x = inputs(B=1, T=T, H=2, K=8, V=4, decay=decay, seed=5)
+    kw = dict(use_qk_l2norm_in_kernel=True)
+    compare(run(chunk_kda, *x, chunk_size=chunk_size, **kw), run(recurrent_kda, *x, **kw), 1e-12)
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_gradients_match_recurrent_float32_output_only(state):
+    """float32, a loss on the outputs only (no gradient flows into the final state), with and without an
+    initial state."""
+    x = inputs(B=2, T=200, H=2, K=16, V=8, decay=2.0, dtype=torch.float32, seed=6, state=state)
+    grads = []
+    for fn in (chunk_kda, recurrent_kda):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in x]
+        o, _ = fn(*leaves[:5], initial_state=leaves[5], use_qk_l2norm_in_kernel=True)
+        (o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum().backward()
+        grads.append([t.grad for t in leaves if t is not None])
+    for name, a, b in zip("q k v g beta s0".split(), *grads):
+        assert torch.isfinite(a).all() and rel_rms(a, b) < 1e-5, f"gradient of {name} differs: {rel_rms(a, b):.2e}"
+
+
+# what the op keeps for its backward (inputs and chunk states only): tests/test_ops_saved_memory.py

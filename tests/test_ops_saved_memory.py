@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from runner.ops.delta_rule import chunk_delta_rule
 from runner.ops.gated_delta_rule import chunk_gated_delta_rule
+from runner.ops.kda import chunk_kda
 from runner.ops.linear_attn import chunk_linear_attn
 from runner.ops.simple_gla import chunk_simple_gla
 
@@ -67,7 +68,7 @@ def make(op: str, T: int) -> dict:
     raise ValueError(op)
 
 
-FUNCTIONS = {"gated_delta_rule": chunk_gated_delta_rule, "delta_rule": chunk_delta_rule,
+FUNCTIONS = {"gated_delta_rule": chunk_gated_delta_rule, "delta_rule": chunk_delta_rule, "kda": chunk_kda,
              "simple_gla": chunk_simple_gla, "simple_gla_no_decay": chunk_simple_gla,
              "simple_gla_const_decay": chunk_simple_gla, "linear_attn": chunk_linear_attn}
 

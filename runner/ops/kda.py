@@ -25,35 +25,54 @@ Two forms with the same signature and results:
       O     = (Q * exp(G) - P W) S_0 + P U
       S_end = (Diag(exp(G_C)) - Kc^T W) S_0 + Kc^T U,        Kc = K * exp(G_C - G)
 
-  so everything except S_0 is computed for all chunks at once with batched matmuls, and the only sequential
-  work is the state scan S <- A_n S + B_n (one K x K by K x V matmul per chunk); the outputs of all chunks then
-  come from one batched matmul against the stacked start states.
+  so everything except S_0 is computed with matmuls batched over many chunks, and the only sequential work is
+  the state scan S <- A_n S + B_n (one K x K by K x V matmul per chunk); the outputs then come from batched
+  matmuls against the stacked start states, as O = (Q * exp(G)) S_0 + P (U - W S_0).
 
 How P and A are computed exactly and without overflow. The per-channel factor exp(G_i - G_j) cannot be split
 as exp(G_i) * exp(-G_j) over the whole chunk: exp(-G_j) overflows once the decays are strong (g = -20 per step
 gives exponents of about 1280 over 64 steps), and naive split-then-mask schemes turn inf * 0 into NaN in the
 gradients. Forming the full pairwise tensor exp(G_i - G_j) (C x C x K per chunk, masked to i >= j before the
-exp) is exact but costs memory and elementwise work of C * K per token. Instead the chunk is split recursively in halves (C is a power of
-two). Every pair i > j is separated at exactly one level of this binary tree: j lies in a left half L and i in
-the right half R next to it. With r the last step of L,
+exp) is exact but costs memory and elementwise work of C * K per token. Instead the chunk is split recursively
+in halves (C is a power of two). Every pair i > j is separated at exactly one level of this binary tree: j lies
+in a left half L and i in the right half R next to it. With r the last step of L,
 
       exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j),        both exponents <= 0 by construction,
 
 so the whole L x R block is one matmul (Q_R * exp(G_R - G_r)) (K_L * exp(G_r - G_L))^T. No positive exponent
 is ever formed (no masking is needed: the pairs with i < j are simply never built), every factor lies in
 (0, 1], the product is exact up to rounding (if a factor underflows to 0 the true value is below the smallest
-float as well), and forward and backward stay finite for any decay, however strong. The cost per token is
-log2(C) elementwise passes over Q- and K-sized tensors plus about C * K multiply-adds in matmuls, versus C * K
-elementwise products (and exps) for the pairwise tensor. The blocks are assembled bottom-up into the C x C
-matrices; the diagonal of P is q_i . k_i. The same tree inverts I + A by blocks (no triangular solve, which is
-slow batched on CPU). The few lowest levels (tiny blocks) use broadcast products instead of batched matmuls.
+float as well), and forward and backward stay finite for any decay, however strong. The blocks are assembled
+bottom-up into the C x C matrices; the diagonal of P is q_i . k_i. The same tree inverts I + A by blocks
+(T_RL = -T_R A_RL T_L from the halves already inverted; no triangular solve, which is slow batched on CPU).
 
-Exponent differences are summed directly, not subtracted: G_i - G_r is a prefix sum of g over R and G_r - G_j
-(likewise G_C - G_j) a suffix sum over L, so each exponent depends only on the g_t it contains. Subtracting
-prefix sums G_i - G_j gives the same forward but makes the backward of every g_t accumulate +x and -x terms
-from pairs that do not involve it; in float32 those cancellations leave errors far above the true gradient,
-which is of order exp(g) and tiny for strong decays. Summed directly, the float32 gradients of g match the
-recurrent form as closely as any other input's (relative error ~1e-7 at g = -20 per step).
+The factors exp(prefix sums of g within R) and exp(suffix sums within L) are built by doubling from exp(g), with
+products only (one exp per step and channel in all): the in-block prefix factors of a block of size 2s are those
+of its halves, the right half's times the left half's total (and mirrored for the suffix factors); the last
+level yields exp(G) and exp(G_C - G) as well. Each factor is the product of exactly the exp(g_t) it contains.
+
+Backward (``_ChunkKDA``, written by hand). The forward saves only the op's inputs (q already scaled and, with
+``use_qk_l2norm_in_kernel``, normalised; k, v, g, beta in chunk layout) and every chunk's start state S_0
+(N x K x V per head): nothing of size C x C and no other per-token intermediate. The backward walks the groups
+of chunks in reverse. Per group it recomputes P, T, W, U, Q exp(G), Kc and the transitions from the inputs,
+runs the reverse state scan dS_0 = trans^T dS_end + Qs^T dO (Qs = Q exp(G) - P W, the mirror of the forward
+scan), then forms the gradients by hand: with Un = U - W S_0, dP = dO Un^T, d(Q exp(G)) = dO S_0^T,
+dKc = Un dS_end^T, dU = P^T dO + Kc dS_end, dW = -dU S_0^T, d exp(G_C) = sum_v dS_end S_0 (the transitions'
+diagonal); through [W | U] = T R, R = [beta K exp(G) | beta V]: dR = T^T [dW | dU] and, for T = (I + A)^-1,
+dA = -T^T dT T^T = -dR [W | U]^T (its strictly lower part). The halving tree's
+backward takes the blocks of dP and dA level by level: for Z = [Q~_R; (beta K)~_R] and K~_L, dZ = [dP_RL;
+dA_RL] K~_L and dK~_L = [dP_RL; dA_RL]^T Z, which give q, beta k and k their terms. The decays' gradients are
+propagated in log space down the same doubling that built the factors: a level's sum over R (or L) goes to
+the step that closes the neighbouring half, so each g_t receives exactly the terms whose factors contain it,
+like the reverse / forward cumsums of exponents summed within the halves. Summing terms that do not depend on
+g_t and cancel (as the difference of prefix sums G_i - G_j would in the backward) would leave float32 errors
+far above the true gradient, which is of order exp(g) and tiny for strong decays; done this way the float32
+gradients of g match the recurrent form as closely as any other input's (relative error ~1e-7 at g = -20 per
+step). beta collects its terms from A's rows (through beta k) and from R.
+
+Speed notes (CPU). Both passes go one group of chunks at a time (group sized by ``_GROUP_ELEMS``), every matmul
+batched over the group's chunks and heads, so the transient memory stays that of one group; results go to
+contiguous buffers (batched matmuls writing into strided views fall back to one small matmul per matrix).
 
 Conventions (runner/ops): tensors are (batch, time, heads, dim); q, k (B, T, H, K), v (B, T, H, V), g
 (B, T, H, K) the per-step per-channel log decay (<= 0), beta (B, T, H) in (0, 1); ``scale=None`` means
@@ -67,6 +86,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .precision import full_precision
 
@@ -129,60 +150,247 @@ def recurrent_kda(
     return o.to(out_dtype), (S if output_final_state else None)
 
 
-# levels of the halving tree whose blocks are at most this size use broadcast products instead of matmuls
-_SMALL_BLOCK = 4
+# chunks are processed in groups so that each group's (chunks, B*H, C, C) tensors stay in the CPU caches
+_GROUP_ELEMS = 1 << 18
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, small: bool) -> torch.Tensor:
-    """a @ b; for tiny matrices a broadcast product, which beats batched matmul's per-matrix overhead."""
-    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2) if small else a @ b
+def _group_size(BH: int, C: int, D: int) -> int:
+    return max(1, _GROUP_ELEMS // (BH * C * max(C, D)))
 
 
-def _mm_t(a: torch.Tensor, b: torch.Tensor, small: bool) -> torch.Tensor:
-    """a @ b^T, likewise."""
-    return (a.unsqueeze(-2) * b.unsqueeze(-3)).sum(-1) if small else a @ b.transpose(-1, -2)
-
-
-def _suffix_sum(x: torch.Tensor) -> torch.Tensor:
-    """y_j = sum_{t > j} x_t along dim -2 (exclusive suffix sum), built directly so that autograd gives each
-    x_t only the terms that depend on it (a difference of prefix sums would cancel in the backward)."""
-    tail = x[..., 1:, :].flip(-2).cumsum(-2).flip(-2)
-    return torch.cat([tail, torch.zeros_like(x[..., :1, :])], -2)
-
-
-def _intra_chunk(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor):
-    """For every chunk: the output scores P (i >= j) and the UT transform T = (I + A)^-1, both exact, by the
-    halving tree of the module docstring. q, k, g: (..., C, K) with C a power of two; beta: (..., C, 1).
-    Returns P and T, each (..., C, C) lower triangular (T with unit diagonal).
-
-    The tree builds both matrices bottom-up from their diagonal blocks. At the level joining two halves L, R
-    of size s, the new off-diagonal block of P is Q~_R K~_L^T and that of A is diag(beta_R) K~_R K~_L^T
-    (the ~ factors as in the module docstring); block inversion of a lower-triangular matrix gives the new
-    off-diagonal block of T as -T_R A_RL T_L from the already inverted halves. So A is never assembled and
-    the inverse costs batched matmuls only (a batched triangular solve is far slower on CPU)."""
-    C, Kd = q.shape[-2:]
-    lead = q.shape[:-2]
-    # level 0: 1 x 1 diagonal blocks, P_ii = q_i . k_i, T_ii = 1
-    p_blk = (q * k).sum(-1, keepdim=True).unsqueeze(-1)               # (..., C, 1, 1)
-    t_blk = torch.ones_like(p_blk)
+def _levels(C: int):
     s = 1
     while s < C:
-        M = C // (2 * s)
-        small = s <= _SMALL_BLOCK
-        split = lambda x: x.reshape(*lead, M, 2, s, x.shape[-1]).unbind(-3)   # left, right halves (..., M, s, .)
-        (gL, gR), (_, qR), (kL, kR), (_, bR) = split(g), split(q), split(k), split(beta)
-        eR = gR.cumsum(-2).exp()                                      # exp(G_i - G_r), i in R: exponents <= 0
-        kLs = kL * _suffix_sum(gL).exp()                              # exp(G_r - G_j), j in L: exponents <= 0
-        off_p = _mm_t(qR * eR, kLs, small)                            # (..., M, s, s)
-        off_a = bR * _mm_t(kR * eR, kLs, small)                       # strictly-lower block of A (rows R, cols L)
-        pL, pR = p_blk.view(*lead, M, 2, s, s).unbind(-3)
-        tL, tR = t_blk.view(*lead, M, 2, s, s).unbind(-3)
-        off_t = -off_a if s == 1 else -_mm(_mm(tR, off_a, small), tL, small)  # T_L = T_R = 1 at s = 1
-        zero = torch.zeros_like(pL)
-        p_blk = torch.cat([torch.cat([pL, zero], -1), torch.cat([off_p, pR], -1)], -2)  # (..., M, 2s, 2s)
-        t_blk = torch.cat([torch.cat([tL, zero], -1), torch.cat([off_t, tR], -1)], -2)
+        yield s
         s *= 2
-    return p_blk.view(*lead, C, C), t_blk.view(*lead, C, C)
+
+
+def _halves(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(..., C, D) -> (..., M, 2, s, D) view: [..., 0, :, :] the left halves L, [..., 1, :, :] the right halves R
+    of the blocks of size 2s."""
+    return x.view(*x.shape[:-2], -1, 2, s, x.shape[-1])
+
+
+def _off_block(x: torch.Tensor, s: int, rows: int = 1, cols: int = 0) -> torch.Tensor:
+    """(Bt, C, C) -> (Bt, M, s, s) view of the blocks (rows R, cols L) of the 2s x 2s diagonal blocks
+    (rows = cols = 0: their L diagonal blocks, rows = cols = 1: their R ones)."""
+    Bt, C = x.shape[0], x.shape[-1]
+    st = x.stride()
+    return x.as_strided((Bt, C // (2 * s), s, s), (st[0], 2 * s * (st[1] + st[2]), st[1], st[2]),
+                        x.storage_offset() + s * (rows * st[1] + cols * st[2]))
+
+
+def _block_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over dim -2 (of size s) keeping it; small s by slices (faster than a reduction kernel)."""
+    s = x.shape[-2]
+    if s == 1:
+        return x
+    if s == 2:
+        return x[..., :1, :] + x[..., 1:, :]
+    return x.sum(-2, keepdim=True)
+
+
+def _intra_chunk(q: torch.Tensor, k: torch.Tensor, kb: torch.Tensor, eg: torch.Tensor, keep: bool = False):
+    """For every chunk: the output scores P (i >= j) and the UT transform T = (I + A)^-1, both exact, by the
+    halving tree of the module docstring. q, k, kb = beta k and eg = exp(g): (Bt, C, K), C a power of two.
+    Returns P and T ((Bt, C, C) lower triangular, T with unit diagonal), exp(G) and exp(G_C - G) (Bt, C, K;
+    exp(G) is built in eg's storage) and, if ``keep``, each level's factors for :func:`_intra_chunk_backward`
+    (else None).
+
+    At the level joining two halves L, R of size s, the new off-diagonal blocks are P_RL = Q~_R K~_L^T and
+    A_RL = Kb~_R K~_L^T with Q~ = q eR, Kb~ = beta k eR, K~ = k eL, eR = exp(prefix sums of g within R) and
+    eL = exp(suffix sums of g within L, the step itself excluded): one matmul of Z = [Q~_R; Kb~_R] with K~_L^T.
+    Block inversion gives T's new block from the already inverted halves, T_RL = -T_R A_RL T_L, so A is
+    never assembled. The exponentials are built by doubling from exp(g), with products only: with Pre_s and
+    Suf_s the in-block prefix and suffix factors at block size s (Pre_1 = exp(g), Suf_1 = 1), the blocks of
+    size 2s have Pre_2s = Pre_s * (total of L) on R and Suf_2s = Suf_s * (total of R) on L, the totals being
+    Pre_s at the blocks' last steps; Pre_C = exp(G) and Suf_C = exp(G_C - G) come out at the end."""
+    Bt, C, K = q.shape
+    P = q.new_zeros(Bt, C, C)
+    P.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))             # P_ii = q_i . k_i (no decay)
+    Tm = torch.eye(C, dtype=q.dtype, device=q.device).expand(Bt, C, C).contiguous()
+    pre, suf = eg, torch.ones_like(eg)
+    saved = [] if keep else None
+    for s in _levels(C):
+        M = C // (2 * s)
+        pre5, suf5 = _halves(pre, s), _halves(suf, s)
+        eR, sL = pre5[:, :, 1], suf5[:, :, 0]
+        Z = q.new_empty(Bt, M, 2, s, K)                               # [Q~_R; Kb~_R]
+        torch.mul(_halves(q, s)[:, :, 1], eR, out=Z[:, :, 0])
+        torch.mul(_halves(kb, s)[:, :, 1], eR, out=Z[:, :, 1])
+        kL = _halves(k, s)[:, :, 0]
+        Lt = kL if s == 1 else kL * sL                                # K~_L (Suf_1 = 1)
+        off = torch.bmm(Z.view(Bt * M, 2 * s, K), Lt.reshape(Bt * M, s, K).mT).view(Bt, M, 2, s, s)
+        _off_block(P, s).copy_(off[:, :, 0])
+        if s == 1:
+            torch.neg(off[:, :, 1], out=_off_block(Tm, s))
+        else:                                                         # T_RL = -T_R A_RL T_L
+            tR = _off_block(Tm, s, 1, 1).reshape(Bt * M, s, s)
+            tL = _off_block(Tm, s, 0, 0).reshape(Bt * M, s, s)
+            tRA = torch.bmm(tR, off[:, :, 1].reshape(Bt * M, s, s))
+            torch.neg(torch.bmm(tRA, tL).view(Bt, M, s, s), out=_off_block(Tm, s))
+        if keep:
+            saved.append((Z, Lt, eR.clone(), sL.clone()))
+        suf5[:, :, 0].mul_(pre5[:, :, 1, s - 1:])                     # before pre's R half (its total) changes
+        pre5[:, :, 1].mul_(pre5[:, :, 0, s - 1:])
+    return P, Tm, pre, suf, saved
+
+
+def _intra_chunk_backward(q, k, kb, saved, D, dq, dkb, dk, lam, mu):
+    """Backward of :func:`_intra_chunk` given D = [dP; dA] (2, Bt, C, C) (only P's lower triangle and A's
+    strictly lower one are read): adds the gradients of q, kb = beta k and k (Bt, C, K) into dq, dkb, dk.
+    lam and mu hold on entry the gradients of log exp(G) and log exp(G_C - G), i.e. d exp(G) * exp(G) etc.;
+    lam is turned in place into the gradient of g.
+
+    Per level, with Y = [dP_RL; dA_RL]: dZ = Y K~_L and dK~_L = Y^T Z. The exponents are back-propagated
+    through the doubling in log space, from the top level down: log Pre_2s = log Pre_s + log(total of L) on R
+    passes its gradient unchanged to log Pre_s on R and its sum over R to the last step of L (likewise for
+    Suf), and each level adds its own use, dZ Z on R and dK~ K~ on L. So every g_t receives exactly the terms
+    that contain it, as with reverse and forward cumsums of the exponents within the halves (no +x/-x
+    cancellations), with one block sum per level and half instead of a cumsum."""
+    Bt, C, K = q.shape
+    dPd = D[0].diagonal(dim1=-2, dim2=-1).unsqueeze(-1)              # (Bt, C, 1)
+    dq.addcmul_(dPd, k)
+    dk.addcmul_(dPd, q)
+    st = D.stride()
+    for s, (Z, Lt, eR, sL) in reversed(list(zip(_levels(C), saved))):
+        M = C // (2 * s)
+        Y = D.as_strided((Bt, M, 2, s, s), (st[1], 2 * s * (st[2] + st[3]), st[0], st[2], st[3]),
+                         D.storage_offset() + s * st[2]).reshape(Bt * M, 2 * s, s)
+        Lt3 = Lt.reshape(Bt * M, s, K)
+        if s == 1:
+            dZ = (Y * Lt3).view(Bt, M, 2, s, K)
+            Z3 = Z.view(Bt * M, 2, K)
+            dLt = (Y[:, :1] * Z3[:, :1]).addcmul_(Y[:, 1:], Z3[:, 1:]).view(Bt, M, s, K)
+        else:
+            dZ = torch.bmm(Y, Lt3).view(Bt, M, 2, s, K)
+            dLt = torch.bmm(Y.mT, Z.view(Bt * M, 2 * s, K)).view(Bt, M, s, K)
+        lam5, mu5 = _halves(lam, s), _halves(mu, s)
+        # the doubling step of this level, reversed (log space): sums over R of lam and over L of mu
+        lam5[:, :, 0, s - 1:].add_(_block_sum(lam5[:, :, 1]))
+        lam5[:, :, 1, s - 1:].add_(_block_sum(mu5[:, :, 0]))
+        # this level's use of eR and eL
+        lam5[:, :, 1].addcmul_(dZ[:, :, 0], Z[:, :, 0]).addcmul_(dZ[:, :, 1], Z[:, :, 1])
+        _halves(dq, s)[:, :, 1].addcmul_(dZ[:, :, 0], eR)
+        _halves(dkb, s)[:, :, 1].addcmul_(dZ[:, :, 1], eR)
+        if s == 1:
+            _halves(dk, s)[:, :, 0].add_(dLt)
+        else:
+            mu5[:, :, 0].addcmul_(dLt, Lt)
+            _halves(dk, s)[:, :, 0].addcmul_(dLt, sL)
+    return lam
+
+
+def _chunk_factors(q, k, v, g, b, keep):
+    """The per-chunk factors of the module docstring for a group of chunks (Bt = chunks x heads): q, k, g
+    (Bt, C, K), v (Bt, C, V), b = beta (Bt, C, 1). Returns a dict."""
+    kb = k * b
+    P, Tm, eG, eS, lv = _intra_chunk(q, k, kb, g.exp(), keep)
+    RW, RU = kb * eG, v * b                                           # [W | U] = T [RW | RU]
+    return dict(kb=kb, P=P, Tm=Tm, eG=eG, eS=eS, lv=lv, Qe=q * eG, RW=RW, RU=RU, W=torch.bmm(Tm, RW),
+                U=torch.bmm(Tm, RU), Kc=k * eS)
+
+
+def _kda_forward(q, k, v, g, beta, s0, keep: bool):
+    """Chunked forward on chunk-major tensors: q (already scaled), k, g (N, BH, C, K); v (N, BH, C, V); beta
+    (N, BH, C); s0 (BH, K, V) or None. Returns o (N, BH, C, V), the final state (BH, K, V) and, if ``keep``,
+    every chunk's start state (N, BH, K, V) (else None). One group of chunks at a time, all matmuls batched
+    over the group's chunks and heads: the chunk factors, the transitions trans = Diag(exp(G_C)) - Kc^T W and
+    inputs Kc^T U, the scan S <- trans S + input, then O = (Q exp(G)) S_0 + P (U - W S_0)."""
+    N, BH, C, K = q.shape
+    V = v.shape[-1]
+    o = q.new_empty(N, BH, C, V)
+    starts = q.new_empty(N, BH, K, V) if keep else None
+    S = q.new_zeros(BH, K, V) if s0 is None else s0
+    gs = _group_size(BH, C, max(K, V))
+    for a in range(0, N, gs):
+        sl = slice(a, min(a + gs, N))
+        n = sl.stop - a
+        f3 = lambda x: x[sl].reshape(n * BH, *x.shape[2:])
+        f = _chunk_factors(f3(q), f3(k), f3(v), f3(g), f3(beta).unsqueeze(-1), False)
+        Kct = f["Kc"].mT
+        trans = torch.baddbmm(Kct.new_empty(()), Kct, f["W"], beta=0, alpha=-1)
+        trans.diagonal(dim1=-2, dim2=-1).add_(f["eG"][:, -1])
+        trans, inp = trans.view(n, BH, K, K), torch.bmm(Kct, f["U"]).view(n, BH, K, V)
+        S0 = starts[sl] if keep else q.new_empty(n, BH, K, V)
+        S0[0] = S
+        for i in range(n):                                            # the only sequential part
+            S = torch.baddbmm(inp[i], trans[i], S0[i], out=S0[i + 1] if i + 1 < n else None)
+        S0 = S0.view(n * BH, K, V)
+        Un = torch.baddbmm(f["U"], f["W"], S0, alpha=-1)              # U - W S_0
+        og = o[sl].view(n * BH, C, V)
+        torch.bmm(f["P"], Un, out=og)
+        og.baddbmm_(f["Qe"], S0)
+    return o, S, starts
+
+
+class _ChunkKDA(torch.autograd.Function):
+    """:func:`_kda_forward` with a hand-written backward that recomputes the chunk factors group by group; it
+    saves only its inputs and the chunks' start states."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, s0):
+        o, S, starts = _kda_forward(q, k, v, g, beta, s0, keep=True)
+        ctx.save_for_backward(q, k, v, g, beta, starts)
+        ctx.has_s0 = s0 is not None
+        return o, S
+
+    @staticmethod
+    @once_differentiable
+    @full_precision  # a backward run inside an autocast region keeps the float32 math too
+    def backward(ctx, do, dS):
+        q, k, v, g, beta, starts = ctx.saved_tensors
+        N, BH, C, K = q.shape
+        V = v.shape[-1]
+        do = do.contiguous()
+        dq, dk, dv, dg = (torch.empty_like(t) for t in (q, k, v, g))
+        dbeta = torch.empty_like(beta)
+        Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype)  # dLoss/dS at the current point
+        gs = _group_size(BH, C, max(K, V))
+        for a in reversed(range(0, N, gs)):
+            sl = slice(a, min(a + gs, N))
+            n = sl.stop - a
+            Bt = n * BH
+            f3 = lambda x: x[sl].reshape(Bt, *x.shape[2:])
+            gq, gk, gv, gdo, S0 = f3(q), f3(k), f3(v), f3(do), f3(starts)
+            gb = f3(beta).unsqueeze(-1)
+            f = _chunk_factors(gq, gk, gv, f3(g), gb, True)
+            P, Tm, eG, eS, W, U, Kc, Qe = (f[x] for x in ("P", "Tm", "eG", "eS", "W", "U", "Kc", "Qe"))
+            trans = torch.baddbmm(Kc.new_empty(()), Kc.mT, W, beta=0, alpha=-1)
+            trans.diagonal(dim1=-2, dim2=-1).add_(eG[:, -1])
+            # reverse scan: dS_0 = trans^T dS_end + Qs^T dO with Qs = Q exp(G) - P W
+            dU = torch.bmm(P.mT, gdo)                                 # P^T dO, then + Kc dS_end below
+            QdO = torch.bmm(Qe.mT, gdo).baddbmm_(W.mT, dU, alpha=-1).view(n, BH, K, V)
+            trans = trans.view(n, BH, K, K)
+            dSend = q.new_empty(n, BH, K, V)                          # dLoss/dS at each chunk's end
+            dSend[n - 1] = Gc
+            for i in range(n - 1, -1, -1):
+                Gc = torch.baddbmm(QdO[i], trans[i].mT, dSend[i], out=dSend[i - 1] if i else None)
+            dSend = dSend.view(Bt, K, V)
+            # O = Qe S_0 + P Un and S_end = Diag(exp(G_C)) S_0 + Kc^T Un with Un = U - W S_0
+            Un = torch.baddbmm(U, W, S0, alpha=-1)
+            D = q.new_empty(2, Bt, C, C)                              # [dP; dA]
+            torch.bmm(gdo, Un.mT, out=D[0])
+            dKc = torch.bmm(Un, dSend.mT)
+            dU.baddbmm_(Kc, dSend)
+            dW = torch.baddbmm(dU.new_empty(()), dU, S0.mT, beta=0, alpha=-1)
+            dQe = torch.bmm(gdo, S0.mT)
+            # through [W | U] = T [RW | RU] and T = (I + A)^-1: dR = T^T d[W | U], dA = -T^T dT T^T = -dR [W | U]^T
+            dRW, dRU = torch.bmm(Tm.mT, dW), torch.bmm(Tm.mT, dU)
+            torch.baddbmm(D[1], dRW, W.mT, beta=0, alpha=-1, out=D[1])
+            D[1].baddbmm_(dRU, U.mT, alpha=-1)
+            gdq, gdk, gdg = f3(dq), f3(dk), f3(dg)
+            torch.mul(dQe, eG, out=gdq)
+            dkb = dRW * eG
+            lam = torch.mul(dQe, Qe, out=gdg).addcmul_(dRW, f["RW"])  # d log exp(G) = d exp(G) exp(G)
+            lam[:, -1].addcmul_((dSend * S0).sum(-1), eG[:, -1])      # exp(G_C) on the transitions' diagonal
+            mu = dKc * Kc                                             # d log exp(G_C - G)
+            torch.mul(dKc, eS, out=gdk)
+            torch.mul(dRU, gb, out=f3(dv))
+            _intra_chunk_backward(gq, gk, f["kb"], f["lv"], D, gdq, dkb, gdk, lam, mu)
+            gdk.addcmul_(dkb, gb)
+            torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=f3(dbeta))
+        return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None)
 
 
 @full_precision
@@ -199,51 +407,35 @@ def chunk_kda(
     chunk_size: int = 64,
 ):
     """Chunked parallel form (module docstring); same arguments and results as :func:`recurrent_kda`.
-    ``chunk_size`` must be a power of two."""
+    ``chunk_size`` must be a power of two. The backward is written by hand (no autograd graph through the
+    chunk internals)."""
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two (e.g. 32, 64), got {chunk_size}")
     out_dtype = q.dtype
-    q, k, v, g, beta, S = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
+    q, k, v, g, beta, s0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     B, T, H, K = q.shape
     V = v.shape[-1]
     if T == 0:
-        S = q.new_zeros(B, H, K, V) if S is None else S
+        S = q.new_zeros(B, H, K, V) if s0 is None else s0
         return v.new_zeros(B, 0, H, V).to(out_dtype), (S if output_final_state else None)
     C = chunk_size
     N = -(-T // C)
     pad = N * C - T
-    # (B, H, N, C, .): padded steps have k = 0, beta = 0, g = 0, so they leave the state unchanged
-    def chunks(x):
-        x = x.transpose(1, 2)
+    BH = B * H
+
+    def chunks(x):  # (B, T, H, D) -> (N, B*H, C, D), chunk-major; padded steps have k = 0, beta = 0, g = 0
         if pad:
-            x = torch.nn.functional.pad(x, (0, 0, 0, pad) if x.dim() == 4 else (0, pad))
-        return x.reshape(B, H, N, C, *x.shape[3:])
-    q, k, v, g, beta = (chunks(t) for t in (q, k, v, g, beta))
+            x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        return x.reshape(B, N, C, H, -1).permute(1, 0, 3, 2, 4).reshape(N, BH, C, x.shape[-1]).contiguous()
 
-    G = g.cumsum(-2)                                                  # (B, H, N, C, K), non-increasing in C
-    b = beta.unsqueeze(-1)                                            # (B, H, N, C, 1)
-    P, Tm = _intra_chunk(q, k, g, b)                                  # (B, H, N, C, C) each
-    WU = Tm @ torch.cat([b * k * G.exp(), b * v], -1)                 # (B, H, N, C, K + V): [W, U]
-    GC = G[..., -1:, :]                                               # (B, H, N, 1, K): chunk's total log decay
-    Kc = k * _suffix_sum(g).exp()                                     # (B, H, N, C, K): K * exp(G_C - G)
-    PWU = P @ WU                                                      # (B, H, N, C, K + V): [P W, P U]
-    Qs = q * G.exp() - PWU[..., :K]                                   # (B, H, N, C, K): multiplies S_0
-    KWU = Kc.transpose(-1, -2) @ WU                                   # (B, H, N, K, K + V): [Kc^T W, Kc^T U]
-    trans = torch.diag_embed(GC.squeeze(-2).exp()) - KWU[..., :K]     # (B, H, N, K, K): S_end = trans S_0 + inp
-    inp = KWU[..., K:]                                                # (B, H, N, K, V)
-
-    # the only sequential part: S_{n+1} = trans_n S_n + inp_n
-    # (unbind, not indexing in the loop: each indexed slice would cost a full-size gradient buffer in backward)
-    trans = trans.permute(2, 0, 1, 3, 4).reshape(N, B * H, K, K).unbind(0)
-    inp = inp.permute(2, 0, 1, 3, 4).reshape(N, B * H, K, V).unbind(0)
-    S = q.new_zeros(B * H, K, V) if S is None else S.reshape(B * H, K, V)
-    starts = []
-    for n in range(N):
-        starts.append(S)
-        S = torch.baddbmm(inp[n], trans[n], S)
-    S0 = torch.stack(starts, 1).view(B, H, N, K, V)                   # start state of every chunk
-
-    O = PWU[..., K:] + Qs @ S0                                        # (B, H, N, C, V)
-    o = O.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)
-    final = S.view(B, H, K, V) if output_final_state else None
+    q, k, v, g = chunks(q), chunks(k), chunks(v), chunks(g)
+    beta = chunks(beta.unsqueeze(-1)).squeeze(-1)                     # (N, BH, C)
+    s0 = None if s0 is None else s0.reshape(BH, K, V)
+    inputs = (q, k, v, g, beta) + (() if s0 is None else (s0,))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        o, S = _ChunkKDA.apply(q, k, v, g, beta, s0)
+    else:
+        o, S, _ = _kda_forward(q, k, v, g, beta, s0, keep=False)
+    o = o.reshape(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T]
+    final = S.reshape(B, H, K, V) if output_final_state else None
     return o.to(out_dtype), final
