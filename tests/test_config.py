@@ -36,6 +36,8 @@ def test_layouts_from_the_command_line(compose, overrides, layout):
     (["train.lr=0"], "train.lr=0 must be a rate in (0, 10]"),
     (["+attention.nonsense=3"], "has no option(s) ['nonsense']"),
     (["attention.name=nope"], "not a known mixer"),
+    (["attention.keep_factors=2"], "keep_factors=2 is not a switch; use true or false"),
+    (["attention.use_gate=no"], "use_gate='no' is not a switch"),
     (["logger.mode=sometimes"], "logger.mode"),
     (["model.n_heads=3"], "not divisible by num_heads=3"),
 ])

@@ -49,6 +49,9 @@ def make_config(spec: Mapping[str, Any], d_model: int, n_heads: int) -> MixerCon
     unknown = sorted(set(spec) - fields)
     if unknown:
         raise ValueError(f"mixer {name!r} has no option(s) {unknown}; its options are: {sorted(fields)}")
+    for f in dataclasses.fields(cfg_cls):  # switches take true/false only: 2 or "no" would be silently truthy
+        if f.type in ("bool", bool) and f.name in spec and not isinstance(spec[f.name], bool):
+            raise ValueError(f"mixer {name!r}: {f.name}={spec[f.name]!r} is not a switch; use true or false")
     cfg = cfg_cls(**spec)
     if cfg.num_heads is None:
         cfg.num_heads = n_heads
