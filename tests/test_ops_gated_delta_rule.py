@@ -215,3 +215,13 @@ def test_against_transformers(dtype, T, HV):
                                (S_r, S_hr, "S vs recurrent")):
         err = rel_rms(ours, theirs)
         assert err < 5e-6, f"{what}: rel rms {err:.2e}"
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_empty_sequence_returns_the_initial_state(requires_grad):
+    q, k, v, g, beta, s0 = _inputs(2, 0, 2, 8, 4)
+    xs = [t.requires_grad_(requires_grad) for t in (q, k, v, g, beta)]
+    o, S = chunk_gated_delta_rule(*xs, initial_state=s0, output_final_state=True)
+    assert o.shape == (2, 0, 2, 4) and torch.equal(S, s0)
+    _, S = chunk_gated_delta_rule(*xs, output_final_state=True)
+    assert torch.equal(S, torch.zeros_like(s0))

@@ -54,8 +54,13 @@ from torch.autograd.function import once_differentiable
 from .precision import full_precision
 
 
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+def _rnorm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 / sqrt(sum(x^2) + eps) over the last dim: the l2norm's factor (kept for its backward)."""
+    return torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
+    return x * _rnorm(x)
 
 
 def _check(q, k, v, g, beta, initial_state):
@@ -304,7 +309,7 @@ class _Layout:
     def __init__(self, q, v, scale, l2norm, chunk_size):
         self.B, self.T, self.H, self.K = q.shape
         self.HV, self.V = v.shape[2], v.shape[3]
-        self.C = min(chunk_size, self.T)  # a sequence shorter than one chunk is one chunk, unpadded
+        self.C = max(1, min(chunk_size, self.T))  # a sequence shorter than one chunk is one chunk, unpadded
         self.N = -(-self.T // self.C)
         self.pad = self.N * self.C - self.T
         self.scale = self.K ** -0.5 if scale is None else scale
@@ -333,7 +338,7 @@ class _Layout:
             x = x.repeat_interleave(self.HV // self.H, dim=2)
         if not self.l2norm:
             return x, None
-        r = torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+        r = _rnorm(x)
         return x * r, r
 
     def prepare(self, q, k, v, g, beta):
@@ -409,34 +414,20 @@ def chunk_gated_delta_rule(
     forward instead: a faster backward for several times the memory (module docstring)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check(q, k, v, g, beta, initial_state)
     out_dtype = v.dtype
+    lay = _Layout(q, v, scale, use_qk_l2norm_in_kernel, chunk_size)
+    if lay.T == 0:
+        s0 = None if initial_state is None else initial_state.to(lay.dt)
+        final = (s0 if s0 is not None else q.new_zeros(lay.B, lay.HV, lay.K, lay.V, dtype=lay.dt)) \
+            if output_final_state else None
+        return v.new_zeros(lay.B, 0, lay.HV, lay.V), final
     inputs = (q, k, v, g, beta) + (() if initial_state is None else (initial_state,))
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        _check(q, k, v, g, beta, initial_state)
-        if q.shape[1] == 0:
-            return _prepared_forward(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                     use_qk_l2norm_in_kernel, chunk_size)
-        lay = _Layout(q, v, scale, use_qk_l2norm_in_kernel, chunk_size)
         o, S = _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, keep_factors, lay)
-        return o.to(out_dtype), (S if output_final_state else None)
-    return _prepared_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                             chunk_size)
-
-
-def _prepared_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                      chunk_size):
-    """The forward without autograd (inference, and T = 0)."""
-    out_dtype = v.dtype
-    q, k, v, g, beta, s0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
-    B, T, HV, K = q.shape
-    V = v.shape[-1]
-    if T == 0:
-        final = (s0 if s0 is not None else q.new_zeros(B, HV, K, V)) if output_final_state else None
-        return v.new_zeros(B, 0, HV, V).to(out_dtype), final
-    lay = _Layout(q, v, 1.0, False, chunk_size)  # q and k are prepared already
-    qc, kc, vc, gc, bc = (lay.chunks(t) for t in (q, k, v, g.unsqueeze(-1), beta.unsqueeze(-1)))
-    s0 = None if s0 is None else s0.reshape(B * HV, K, V)
-    o, S, _, _, _ = _chunk_forward(qc, kc, vc, gc.squeeze(-1), bc.squeeze(-1), s0, keep_states=False)
-    o = lay.unchunks(o)
-    final = S.reshape(B, HV, K, V) if output_final_state else None
-    return o.to(out_dtype), final
+    else:
+        qc, kc, vc, gc, bc = lay.prepare(q, k, v, g, beta)
+        s0 = None if initial_state is None else initial_state.to(lay.dt).reshape(lay.B * lay.HV, lay.K, lay.V)
+        o, S, _, _, _ = _chunk_forward(qc, kc, vc, gc, bc, s0, keep_states=False)
+        o, S = lay.unchunks(o), S.reshape(lay.B, lay.HV, lay.K, lay.V)
+    return o.to(out_dtype), (S if output_final_state else None)
