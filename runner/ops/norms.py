@@ -6,8 +6,8 @@
 Written out with autograd, each keeps several row-sized intermediates for its backward (the upcast input, the
 normalised rows, the product before the gate, the gate): the norms were the largest single item of a block's
 activation memory (``python -m runner.benchmarks.saved``). ``gated_rms_norm_linear`` also takes the output
-projection that follows the gated norm, whose input is then recomputed rather than kept. These keep the inputs (in their own dtype) and r (one
-number per row) and recompute the rest in the backward:
+projection that follows the gated norm, whose input is then recomputed rather than kept. These keep the inputs
+(in their own dtype) and r (one number per row) and recompute the rest in the backward:
 
     n = x r,  dn = dy * w (times act(z) for the gated form),   dx = r (dn - n mean(dn * n)),   dw = sum(dy * n ...)
     dz = dy * n w * act'(z),   act'(z) = s (1 + z (1 - s)) for SiLU, s (1 - s) for the sigmoid, s = sigmoid(z)
@@ -67,28 +67,39 @@ class _RMSNorm(torch.autograd.Function):
         return dx.to(x.dtype), dw, None, None
 
 
+def _gated_forward(o, z, weight, eps, activation):
+    """RMSNorm(o) * weight * act(z) in the compute dtype, and r = 1/rms(o)."""
+    of = o.to(_compute_dtype(o))
+    r = _rstd(of, eps)
+    act, _ = _gate(z.to(of.dtype), activation)
+    return of * r * weight.to(of.dtype) * act, r
+
+
+def _gated_backward(dy, o, z, weight, r, activation, need_dw: bool):
+    """(do, dz, dweight) of :func:`_gated_forward` from dy, recomputing its factors from o, z and r."""
+    dt = r.dtype
+    of, zf, dyf, w = o.to(dt), z.to(dt), dy.to(dt), weight.to(dt)
+    act, dact = _gate(zf, activation)
+    n = of * r
+    do = _norm_backward(dyf * act * w, n, r)
+    dz = dyf * n * w * dact
+    dw = _sum_rows(dyf * act * n).to(weight.dtype) if need_dw else None
+    return do.to(o.dtype), dz.to(z.dtype), dw
+
+
 class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, o, z, weight, eps, activation):
-        of = o.to(_compute_dtype(o))
-        r = _rstd(of, eps)
-        act, _ = _gate(z.to(of.dtype), activation)
+        y, r = _gated_forward(o, z, weight, eps, activation)
         ctx.save_for_backward(o, z, weight, r)
         ctx.activation = activation
-        return (of * r * weight.to(of.dtype) * act).to(o.dtype)
+        return y.to(o.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         o, z, weight, r = ctx.saved_tensors
-        dt = r.dtype
-        of, zf, dyf, w = o.to(dt), z.to(dt), dy.to(dt), weight.to(dt)
-        act, dact = _gate(zf, ctx.activation)
-        n = of * r
-        do = _norm_backward(dyf * act * w, n, r)
-        dz = dyf * n * w * dact
-        dw = _sum_rows(dyf * act * n).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return do.to(o.dtype), dz.to(z.dtype), dw, None, None
+        return *_gated_backward(dy, o, z, weight, r, ctx.activation, ctx.needs_input_grad[2]), None, None
 
 
 class _GatedRMSNormLinear(torch.autograd.Function):
@@ -98,30 +109,23 @@ class _GatedRMSNormLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, o, z, weight, eps, activation, W):
-        of = o.to(_compute_dtype(o))
-        r = _rstd(of, eps)
-        act, _ = _gate(z.to(of.dtype), activation)
-        y = (of * r * weight.to(of.dtype) * act).to(o.dtype).flatten(-2)
+        y, r = _gated_forward(o, z, weight, eps, activation)
         ctx.save_for_backward(o, z, weight, r, W)
         ctx.activation = activation
-        return torch.nn.functional.linear(y, W)
+        return torch.nn.functional.linear(y.to(o.dtype).flatten(-2), W)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
         o, z, weight, r, W = ctx.saved_tensors
-        dt = r.dtype
-        of, zf, w = o.to(dt), z.to(dt), weight.to(dt)
-        act, dact = _gate(zf, ctx.activation)
-        n = of * r
-        y = (n * w * act).to(o.dtype).flatten(-2)
-        dW = dout.reshape(-1, dout.shape[-1]).t().to(W.dtype) @ y.reshape(-1, y.shape[-1]).to(W.dtype) \
-            if ctx.needs_input_grad[5] else None
-        dyf = (dout @ W.to(dout.dtype)).view(o.shape).to(dt)
-        do = _norm_backward(dyf * act * w, n, r)
-        dz = dyf * n * w * dact
-        dw = _sum_rows(dyf * act * n).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return do.to(o.dtype), dz.to(z.dtype), dw, None, None, dW
+        dW = None
+        if ctx.needs_input_grad[5]:
+            act, _ = _gate(z.to(r.dtype), ctx.activation)
+            y = (o.to(r.dtype) * r * weight.to(r.dtype) * act).to(o.dtype).flatten(-2)  # the projection's input
+            dW = dout.reshape(-1, dout.shape[-1]).t().to(W.dtype) @ y.reshape(-1, y.shape[-1]).to(W.dtype)
+        dy = (dout @ W.to(dout.dtype)).view(o.shape)
+        do, dz, dw = _gated_backward(dy, o, z, weight, r, ctx.activation, ctx.needs_input_grad[2])
+        return do, dz, dw, None, None, dW
 
 
 def gated_rms_norm_linear(o: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, activation: str,
