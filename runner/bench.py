@@ -50,7 +50,10 @@ def bench_length(model, n: int, cfg, device) -> dict:
     B = bc.batch_size
     gen = torch.Generator().manual_seed(cfg.seed + n)
     idx = torch.randint(0, model.vocab_size, (B, n + 1), generator=gen).to(device)
-    x, y = idx[:, :-1], idx[:, 1:]
+    from . import objectives
+
+    x, y = objectives.get(model.objective).prepare(idx[:, :-1], idx[:, 1:], gen, vocab_size=model.vocab_size,
+                                                   settings=model.objective_settings)
     row = {"n": n, "batch": B}
 
     # Training step. lr = 0 and no weight decay: the real optimiser work without changing the trained weights.
@@ -72,14 +75,17 @@ def bench_length(model, n: int, cfg, device) -> dict:
 
     model.eval()
     with torch.no_grad(), autocast(cfg.precision, device):
-        def prefill():
-            _, state = model(x, need_state=True)
+        def prefill():  # a non-causal model keeps no state: its "prefill" is one forward (one denoising step)
+            _, state = model(x, need_state=model.causal)
             _sync(device)
             return state
 
         t, row["prefill_peak_bytes"], state = _timed(prefill, bc, device)
         row["prefill_s"] = t
         row["prefill_tokens_per_s"] = B * n / t
+        if not model.causal:  # no token-by-token decoding to time
+            row["flops_per_token"], row["status"] = model.flops_per_token(n), "ok"
+            return row
         row["state_bytes"] = model.state_bytes(B, n, next(model.parameters()).dtype)
         row["state_bytes_measured"] = state_nbytes(state)
 
@@ -147,9 +153,10 @@ def run_bench(model, cfg, device, console=None) -> list[dict]:
         rows.append(row)
         if console is not None:
             if row["status"] == "ok":
+                decode = (f", decode {row['decode_s_per_token'] * 1e3:6.2f} ms/tok" if "decode_s_per_token" in row
+                          else "")
                 console.print(f"  bench n={n:>6}: train step {row['train_step_s'] * 1e3:8.1f} ms, "
-                              f"prefill {row['prefill_tokens_per_s']:>10,.0f} tok/s, "
-                              f"decode {row['decode_s_per_token'] * 1e3:6.2f} ms/tok")
+                              f"prefill {row['prefill_tokens_per_s']:>10,.0f} tok/s{decode}")
             else:
                 console.print(f"  bench n={n:>6}: [yellow]{row['status']}[/]: {row['reason']}; ladder stops here")
         if row["status"] == "ok" and budget > 0 and (row.get("train_peak_bytes") or 0) > budget:

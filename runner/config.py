@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .layout import layer_types
-from .mixers import REGISTRY, _load as _load_mixer, make_config
+from .mixers import REGISTRY, make_config, noncausal_problem
 from .paths import CONF_DIR, EXPERIMENTS_DIR
 from .peakmem import METHODS
 
@@ -169,10 +169,6 @@ def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
             if fn.endswith(".yaml"):
                 node = OmegaConf.load(os.path.join(experiments_dir, fn))
                 cs.store(group="experiment", name=fn[:-5], node=node, package="_global_")
-
-
-def _mixer_class(name: str):
-    return _load_mixer(name)[0]
 
 
 def compose_config(overrides=()) -> DictConfig:
@@ -336,6 +332,12 @@ def validate(cfg: DictConfig | Config) -> dict:
     causal = objectives.get(obj).CAUSAL if obj in objectives.REGISTRY else True
     if obj in objectives.REGISTRY:
         problems.extend(getattr(objectives.get(obj), "objective_problems", lambda c: [])(c))
+        wanted = getattr(objectives.get(obj), "NEEDS", None)
+        if source is not None and wanted and wanted not in getattr(source, "PROVIDES", ()):
+            problems.append(f"objective={obj} needs data that provides {wanted!r}, and data={d.name} provides "
+                            f"{sorted(getattr(source, 'PROVIDES', ()))}; use one of "
+                            + ", ".join(f"data={n}" for n in sources.names()
+                                        if wanted in getattr(sources.get(n), "PROVIDES", ())))
 
     lg = c.logger
     need(lg.name in LOGGERS, f"logger.name={lg.name!r} is not known; allowed: {list(LOGGERS)}")
@@ -372,9 +374,9 @@ def validate(cfg: DictConfig | Config) -> dict:
         except (ValueError, TypeError, ImportError) as e:
             problems.append(f"{key}: {e}")
             continue
-        if not causal and not getattr(_mixer_class(name), "bidirectional", False):
-            problems.append(f"{key}={name!r} runs only with its causal mask, and objective={obj} needs mixers that "
-                            f"see the whole sequence")
+        why = None if causal else noncausal_problem(spec)
+        if why:
+            problems.append(f"{key}={why}, and objective={obj} needs mixers that see the whole sequence")
     if problems:
         raise ConfigError(problems)
     return facts

@@ -75,12 +75,15 @@ class Context:
         return self._cache[factor]
 
     def headline(self) -> dict:
+        from . import objectives
+
         s = self.scores(1)
         if isinstance(s, str):
             from .corpus import DataSettingError
 
             raise DataSettingError(s)
-        return s.summary(self.log2p)
+        # bound: the scores are an upper bound on the loss (masked diffusion's NELBO), not the loss itself
+        return {**s.summary(self.log2p), "bound": bool(objectives.get(self.model.objective).BOUND)}
 
     def label(self) -> str:
         c = self.cfg
@@ -105,8 +108,10 @@ def evaluate(model, corpus, cfg, device: torch.device, run_dir: Optional[str] = 
 
 def describe(ev: dict) -> list[str]:
     """Console lines summarising an eval section: the headline, then each task's own lines."""
-    lines = [f"eval: loss {ev['loss']:.4f} nats/token, ppl {ev['ppl']:.3f}, bpb {ev['bpb']:.4f} "
-             f"(unigram {ev['unigram_bpb']:.4f}), {ev['tokens']:,} tokens"]
+    bound = "<= " if ev.get("bound") else ""
+    lines = [f"eval: loss {bound}{ev['loss']:.4f} nats/token, ppl {bound}{ev['ppl']:.3f}, bpb {bound}{ev['bpb']:.4f} "
+             f"(unigram {ev['unigram_bpb']:.4f}), {ev['tokens']:,} tokens"
+             + (" (upper bounds: the NELBO)" if bound else "")]
     for name in ev.get("tasks", []):
         lines += evals.get(name).describe(ev)
     return lines

@@ -62,25 +62,32 @@ class HybridLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
                  init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token",
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, objective_settings: Optional[dict] = None):
         super().__init__()
+        from . import objectives
         # activation checkpointing per block: training keeps each block's input only and recomputes the block
         # in the backward (the usual remedy for activation memory; about one more forward of time)
         self.checkpoint = checkpoint
         self.objective = objective  # the training objective's name (runner/objectives): its loss is this model's
+        self.objective_settings = dict(objective_settings or {})  # its other settings (conf/objective/<name>.yaml)
+        obj = objectives.get(objective)
+        self.causal = obj.CAUSAL  # False: every mixer sees the whole sequence (runner/mixers/bidirectional.py)
         self.layer_types = list(layer_types)
+        # vocab_size: the data's tokens; the objective may add its own after them (masked diffusion's [MASK] =
+        # vocab_size), which the embedding and the head have rows for
         self.vocab_size, self.d_model = vocab_size, d_model
+        self.n_tokens = vocab_size + getattr(obj, "EXTRA_TOKENS", 0)
         n = len(self.layer_types)
         hidden = mlp_hidden or default_mlp_hidden(d_model)
-        self.embed = nn.Embedding(vocab_size, d_model)
+        self.embed = nn.Embedding(self.n_tokens, d_model)
         blocks = []
         for i, kind in enumerate(self.layer_types):
             spec = attention if kind == "L" else full
-            mixer = build_mixer(spec, d_model, n_heads, layer_idx=i, n_layers=n, kernels=kernels)
+            mixer = build_mixer(spec, d_model, n_heads, layer_idx=i, n_layers=n, kernels=kernels, causal=self.causal)
             blocks.append(Block(d_model, mixer, hidden, norm_eps))
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model, norm_eps)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head = nn.Linear(d_model, self.n_tokens, bias=False)
         self._init(init_std, n)
         if tie_embeddings:
             self.head.weight = self.embed.weight
@@ -167,8 +174,9 @@ class HybridLM(nn.Module):
 
     def train_flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs of one token of a window of ``seq_len``: forward and backward, about three forwards
-        (Kaplan et al. 2020), at the window's mean context (seq_len + 1) / 2 of a causal model."""
-        return 3 * self.flops_per_token(max(1, (seq_len + 1) // 2))
+        (Kaplan et al. 2020), at the window's mean context (seq_len + 1) / 2 of a causal model (the whole window of
+        a non-causal one)."""
+        return 3 * self.flops_per_token(max(1, (seq_len + 1) // 2) if self.causal else seq_len)
 
     def flops_per_token(self, n: int) -> int:
         """Forward FLOPs of one token at context n: mixers + MLPs + head."""
@@ -192,10 +200,12 @@ def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = Non
         return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
 
     def make():
-        objective = OmegaConf.select(cfg, "objective.name", default=None) if OmegaConf.is_config(cfg) else None
+        node = OmegaConf.select(cfg, "objective", default=None) if OmegaConf.is_config(cfg) else None
+        settings = spec(node) if node is not None else {}
+        objective = settings.pop("name", None) or "next_token"
         return HybridLM(vocab_size, m.d_model, m.n_heads, kinds, spec(cfg.attention), spec(cfg.full), m.mlp_hidden,
-                        m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels,
-                        objective=objective or "next_token", checkpoint=bool(getattr(m, "checkpoint", False)))
+                        m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels, objective=objective,
+                        checkpoint=bool(getattr(m, "checkpoint", False)), objective_settings=settings)
 
     if str(device) == "meta":
         with torch.device("meta"):

@@ -24,7 +24,7 @@ def per_position(model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
         logits, _ = model(x[i:i + batch_size])
         out.append(score(logits, y[i:i + batch_size]).to(dtype).cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(y.shape, dtype=dtype)
+    return torch.cat(out) if out else torch.zeros(x.shape, dtype=dtype)
 
 
 def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -32,8 +32,15 @@ def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch
     cross-entropy of each token given the ones before), (N, T) float64 on the CPU; 0 where y == -100."""
     from . import objectives
 
-    score = objectives.get(getattr(model, "objective", "next_token")).token_scores
-    return per_position(model, x, y, batch_size, score, torch.float64)
+    obj = objectives.get(getattr(model, "objective", "next_token"))
+    views = getattr(obj, "eval_views", None)
+    if views is None:
+        return per_position(model, x, y, batch_size, obj.token_scores, torch.float64)
+    total, n = torch.zeros(y.shape, dtype=torch.float64), 0
+    for inputs, targets in views(x, y, vocab_size=model.vocab_size, settings=model.objective_settings):
+        total += per_position(model, inputs, targets, batch_size, obj.token_scores, torch.float64)
+        n += 1
+    return total / max(n, 1)
 
 
 def mean_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:

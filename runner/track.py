@@ -288,8 +288,9 @@ def summary_tables(results: dict) -> list[Table]:
                               f"{tr.get('tokens_per_s', 0):,.0f} tok/s, final loss {tr.get('final_loss', float('nan')):.3f}, "
                               f"{tr.get('wall_s', 0):.1f} s")
     if ev:
-        head.add_row("eval", f"loss {ev.get('loss'):.4f}  ppl {ev.get('ppl'):.3f}  bpb {ev.get('bpb'):.4f}  "
-                             f"(unigram bpb {ev.get('unigram_bpb'):.4f})")
+        b = "<= " if ev.get("bound") else ""
+        head.add_row("eval", f"loss {b}{ev.get('loss'):.4f}  ppl {b}{ev.get('ppl'):.3f}  bpb {b}{ev.get('bpb'):.4f}  "
+                             f"(unigram bpb {ev.get('unigram_bpb'):.4f})" + ("  NELBO: upper bounds" if b else ""))
     tables = [head]
     rows = results.get("bench") or []
     if rows:

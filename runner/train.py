@@ -110,7 +110,8 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             lr = lr_at(step, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = objective.prepare(*next(batches), gen)  # the global batch; this rank's rows of it
+            x, y = objective.prepare(*next(batches), gen, vocab_size=model.vocab_size,
+                                     settings=model.objective_settings)  # the global batch; this rank's rows of it
             x, y = distributed.shard(x, dist_info).to(device), distributed.shard(y, dist_info).to(device)
             with accel.autocast(cfg.precision, device):
                 loss, lm = step_fn(x, targets=y)

@@ -69,15 +69,37 @@ def make_config(spec: Mapping[str, Any], d_model: int, n_heads: int) -> MixerCon
     return cfg
 
 
+def noncausal_problem(spec: Mapping[str, Any]) -> str | None:
+    """Why the mixer ``spec`` names cannot run without its causal mask, or None when it can."""
+    name = spec.get("name")
+    cls, _ = _load(name)
+    if not cls.bidirectional:
+        return f"{name!r} runs only with its causal mask"
+    if spec.get("window") is not None:
+        return f"{name!r} with window={spec['window']} is a causal sliding window; set window=null"
+    return None
+
+
 def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: int = 0, n_layers: int = 1,
-                kernels: str = "torch") -> Mixer:
+                kernels: str = "torch", causal: bool = True) -> Mixer:
     """The mixer ``spec`` names, for layer ``layer_idx`` of ``n_layers``; ``kernels``: the backend of its chunked
-    ops (runner/ops/backends.py)."""
+    ops (runner/ops/backends.py); ``causal=False``: every position sees the whole sequence (the quadratic mixers
+    without their mask, the linear ones as two passes, runner/mixers/bidirectional.py)."""
     cls, _ = _load(spec.get("name"))
+    if not causal and noncausal_problem(spec):
+        raise ValueError(f"{noncausal_problem(spec)}: it cannot run non-causally")
     cfg = make_config(spec, d_model, n_heads)
     mixer = cls(d_model, cfg, layer_idx=layer_idx, n_layers=n_layers)
     mixer.kernels = kernels
-    return mixer
+    if causal:
+        return mixer
+    if cls.native_noncausal:
+        mixer.causal = False
+        return mixer
+    from .bidirectional import Bidirectional
+
+    return Bidirectional(mixer)
 
 
-__all__ = ["Mixer", "MixerConfig", "State", "state_nbytes", "REGISTRY", "mixer_names", "make_config", "build_mixer"]
+__all__ = ["Mixer", "MixerConfig", "State", "state_nbytes", "REGISTRY", "mixer_names", "make_config", "build_mixer",
+           "noncausal_problem"]

@@ -14,8 +14,12 @@ its kind:
 * ``flops_per_token(n)``: forward FLOPs of one token at context length ``n`` (matmul FLOPs, 2 per MAC).
 * ``self.d_model`` is set by every mixer.
 * ``residual_out``: the names of the projections into the residual stream (for the scaled initialisation);
-  ``aux_loss``: an extra loss from the last forward, or None; ``bidirectional``: whether it can run without the
-  causal mask (False for all so far: causal only).
+  ``aux_loss``: an extra loss from the last forward, or None.
+* Causal or not: a mixer runs causally (position t sees positions <= t) unless it was built with ``causal=False``
+  for a non-causal objective (runner/objectives, e.g. masked diffusion), where every position sees the whole
+  sequence. ``bidirectional`` says whether it can; ``native_noncausal`` whether it does so itself (the quadratic
+  mixers drop their causal mask: ``self.causal``) or is run as a forward and a reversed causal pass by
+  :class:`runner.mixers.bidirectional.Bidirectional` (the linear mixers). A non-causal mixer has no decode state.
 
 The decode step, ``step(x, state) -> (y, new_state)``: continues ``state`` by a few tokens x (B, T, d_model) for
 inference (the model's ``decode_step``, the benchmark's decode loop). It guarantees:
@@ -75,8 +79,11 @@ class Mixer(nn.Module):
     # a loss the mixer adds to the model's from its last forward (the sparse-attention indexer's KL), or None
     aux_loss: Optional[torch.Tensor] = None
     # True when the mixer can also run without its causal mask (every position sees the whole sequence), as a
-    # non-causal objective needs (runner/objectives); every mixer here is causal only, so far
-    bidirectional: bool = False
+    # non-causal objective needs (runner/objectives); native_noncausal: it does so itself, reading self.causal
+    # (quadratic mixers: no mask), else it runs as two causal passes, forward and reversed (bidirectional.py)
+    bidirectional: bool = True
+    native_noncausal: bool = False
+    causal: bool = True
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError

@@ -105,6 +105,7 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
     """MLA whose queries attend only to the top-k keys chosen by a lightning indexer (DeepSeek-V3.2)."""
 
     target_chunk = 256  # query rows per block when building the KL target (bounds its memory)
+    bidirectional = False  # its indexer and top-k selection are written for causal keys only, so far
 
     def __init__(self, d_model: int, cfg: DSAConfig, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, cfg, layer_idx, n_layers)

@@ -73,6 +73,7 @@ class MultiHeadLatentAttention(Mixer):
     residual_out = ("o_proj",)  # the projection back into the residual stream (scaled init)
 
     quadratic = True
+    native_noncausal = True  # causal=False: no mask (masked diffusion's denoiser sees the whole sequence)
 
     def __init__(self, d_model: int, cfg: MLAConfig, layer_idx: int = 0, n_layers: int = 1):
         super().__init__()
@@ -137,7 +138,7 @@ class MultiHeadLatentAttention(Mixer):
     def output(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None):
         """Causal attention of q (B, T, H, dn + dr) over the expanded k, v (B, n, H, .), then o_proj."""
         B, T = q.shape[:2]
-        o = attend(q, k, v, mask=mask, scale=self.scale)  # (B, T, H, dv)
+        o = attend(q, k, v, mask=mask, scale=self.scale, causal=self.causal)  # (B, T, H, dv)
         return self.o_proj(o.reshape(B, T, self.num_heads * self.v_head_dim))
 
     # -- the mixer contract -------------------------------------------------------------------------------------

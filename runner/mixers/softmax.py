@@ -89,8 +89,9 @@ def causal_mask(T: int, n: int, window: Optional[int] = None, device=None) -> to
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int] = None,
-           mask: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> torch.Tensor:
-    """Causal softmax attention of T queries that are the last T of n consecutive positions.
+           mask: Optional[torch.Tensor] = None, scale: Optional[float] = None, causal: bool = True) -> torch.Tensor:
+    """Causal softmax attention of T queries that are the last T of n consecutive positions (``causal=False``:
+    every query sees every key, no window).
 
     q (B, T, H, Dk), k (B, n, Hkv, Dk), v (B, n, Hkv, Dv) with Hkv dividing H -> (B, T, H, Dv).
     ``mask`` (broadcastable to (B, H, T, n), True = may attend) is combined with the causal (and window) mask.
@@ -100,7 +101,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optiona
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, time, D)
     gqa = kh.shape[1] != qh.shape[1]
     attn_mask, is_causal = None, False
-    if mask is None and window is None and n == T:
+    if not causal:
+        attn_mask = mask  # the whole sequence (and the caller's mask, if any)
+    elif mask is None and window is None and n == T:
         is_causal = T > 1
     elif mask is None and window is None and T == 1:
         pass  # one new token sees every cached key
@@ -119,6 +122,7 @@ class SoftmaxAttention(Mixer):
     residual_out = ("o_proj",)  # the projection back into the residual stream (scaled init)
 
     quadratic = True
+    native_noncausal = True  # causal=False: no mask (masked diffusion's denoiser sees the whole sequence)
     zero_centered_qk_norm = False  # GatedAttention: Qwen3-Next's (1 + w) norm
     q_gate = False  # GatedAttention: q_proj also yields an output gate
 
@@ -176,7 +180,7 @@ class SoftmaxAttention(Mixer):
         if state is not None:
             k = append_time(state["k"], k)  # (B, n, Hkv, D), written into the cache's spare room
             v = append_time(state["v"], v)
-        o = attend(q, k, v, window=self.window)  # (B, T, H, D)
+        o = attend(q, k, v, window=self.window, causal=self.causal)  # (B, T, H, D)
         if gate is not None:
             o = o * torch.sigmoid(gate)
         y = self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))

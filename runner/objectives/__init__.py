@@ -6,12 +6,17 @@ An objective module defines:
 * ``CAUSAL``: True when the model must not see later tokens (then every mixer runs with its causal mask); an
   objective with False needs mixers that can run without it (``Mixer.bidirectional``, runner/mixers/base.py);
 * ``BOUND``: True when its validation scores are an upper bound on the loss rather than the loss itself;
-* ``prepare(x, y, generator) -> (inputs, targets)``: what the model sees and what is scored, from the data's pairs
-  (x, y) (for running text y is x shifted by one token; targets of -100 are not scored); ``generator`` is the
-  data sampler's, so that a resumed run draws the same;
+* ``EXTRA_TOKENS`` (optional, 0): tokens it adds after the data's vocabulary (the model has rows for them);
+* ``prepare(x, y, generator, *, vocab_size, settings) -> (inputs, targets)``: what the model sees and what is
+  scored, from the data's pairs (x, y) (for running text y is x shifted by one token; targets of -100 are not
+  scored); ``generator`` is the data sampler's, so that a resumed run draws the same; ``settings``: the other keys
+  of its ``objective`` section;
+* optionally ``eval_views(x, y, *, vocab_size, settings)``: the (inputs, targets) pairs whose scores are averaged
+  for validation (without it: (x, y) itself);
 * ``loss(logits, targets) -> tensor``: the training loss (mean over the scored targets);
 * ``token_scores(logits, targets) -> tensor``: the loss at every position (nats), 0 where not scored, for the
   validation scores (runner/scoring.py);
+* optionally ``NEEDS``: what the data source must provide (its ``PROVIDES``, runner/sources), e.g. "text";
 * optionally ``objective_problems(c) -> list[str]``: the problems of its own settings (the other keys of the
   ``objective`` section, conf/objective/<name>.yaml).
 """
@@ -21,6 +26,7 @@ from ..common import lazy_registry
 
 REGISTRY: dict[str, str] = {
     "next_token": "runner.objectives.next_token",
+    "mdlm": "runner.objectives.mdlm",
 }
 
 

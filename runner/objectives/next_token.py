@@ -10,7 +10,7 @@ BOUND = False
 IGNORE = -100
 
 
-def prepare(x: torch.Tensor, y: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare(x: torch.Tensor, y: torch.Tensor, generator=None, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """The data's pairs as they are: inputs x, targets y (x shifted by one)."""
     return x, y
 
