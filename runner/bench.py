@@ -7,6 +7,11 @@ n tokens, both analytic (``state_bytes``) and measured (the tensors actually hel
 memory, over the time budget (``bench.time_budget_s`` for one measurement, ``bench.memory_budget_gb`` for the
 training step's peak, predicted from the two previous lengths before it is tried) or into an error is recorded
 with its status (``over_budget``, ``oom``, ``error``) and reason, and ends the ladder; the run goes on.
+
+Then generation (:func:`bench_generation`, runner/generate.py): ``bench.generate_tokens`` new tokens after a
+16-token prompt, as tokens/s: one decode step per token for an autoregressive model; for a masked-diffusion model
+one row per number of denoising steps S in ``bench.diffusion_steps`` (S forwards of the whole sequence, fewer
+with ancestral sampling's skipped steps), so the cost of quality (more steps) reads off next to decoding.
 """
 from __future__ import annotations
 
@@ -129,6 +134,36 @@ def _predicted_peak(rows: list[dict], n: int):
 
     slope = math.log(m1 / m0) / math.log(n1 / n0) if m0 > 0 and m1 > 0 else 1.0
     return m1 * (n / n1) ** max(slope, 0.0)
+
+
+def bench_generation(model, cfg, device, console=None) -> list[dict]:
+    """Generated tokens/s (module docstring): one row for an autoregressive model, one per S for diffusion."""
+    from . import generate
+
+    bc, L = cfg.bench, cfg.bench.generate_tokens
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prompt = torch.randint(0, model.vocab_size, (bc.batch_size, 16), generator=gen).to(device)
+    if model.causal:
+        cases = [("autoregressive", None, lambda: generate.autoregressive(model, prompt, L, generator=gen))]
+    else:
+        cases = [(remasking, S, lambda S=S, r=remasking: generate.diffusion(model, prompt, L, S, r, generator=gen))
+                 for S in bc.diffusion_steps for remasking in ("ancestral", "low_confidence")]
+    rows = []
+    for how, steps, fn in cases:
+        row = {"sampler": how, "steps": steps if steps is not None else L, "tokens": L, "batch": bc.batch_size}
+        try:
+            with autocast(cfg.precision, device):
+                row["s"], row["peak_bytes"], _ = _timed(fn, bc, device)
+            row["tokens_per_s"], row["status"] = bc.batch_size * L / row["s"], "ok"
+        except Exception as e:  # noqa: BLE001 - recorded; the run goes on
+            row.update(status="oom" if _is_oom(e) else "error", reason=f"{type(e).__name__}: {e}")
+        rows.append(row)
+        if console is not None:
+            what = (f"{row['tokens_per_s']:,.0f} tokens/s" if row["status"] == "ok"
+                    else f"[yellow]{row['status']}[/]: {row['reason']}")
+            console.print(f"  generate {L} tokens, {how}, {row['steps']} steps: {what}")
+    model.train()
+    return rows
 
 
 def run_bench(model, cfg, device, console=None) -> list[dict]:

@@ -110,6 +110,8 @@ class BenchConfig:
     time_budget_s: float = 30.0  # a length whose single measurement exceeds this ends the ladder ("timeout")
     memory: str = "tensors"  # peak-memory method (runner/peakmem.py): tensors | rss | none
     memory_budget_gb: float = 0.0  # a length whose training-step peak is (predicted) above this ends the ladder; 0 = none
+    generate_tokens: int = 64  # generation: new tokens after a 16-token prompt (the diffusion block's length L)
+    diffusion_steps: List[int] = field(default_factory=lambda: [8, 32, 64])  # denoising steps S (objective=mdlm)
 
 
 @dataclass
@@ -301,6 +303,10 @@ def validate(cfg: DictConfig | Config) -> dict:
     whole("bench.batch_size", b.batch_size, 1, 1 << 20, "1")
     whole("bench.decode_tokens", b.decode_tokens, 1, 1 << 20, "16")
     whole("bench.repeats", b.repeats, 1, 1000, "3")
+    whole("bench.generate_tokens", b.generate_tokens, 1, 1 << 16, "64")
+    need(len(b.diffusion_steps) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in b.diffusion_steps),
+         f"bench.diffusion_steps={b.diffusion_steps} must be a non-empty list of step counts in [1, 65536], e.g. "
+         f"[8,32,64]")
     need(finite(b.time_budget_s) and b.time_budget_s > 0, f"bench.time_budget_s={b.time_budget_s} must be > 0 seconds")
     need(finite(b.memory_budget_gb) and b.memory_budget_gb >= 0,
          f"bench.memory_budget_gb={b.memory_budget_gb} must be >= 0 (0 = no budget)")

@@ -83,7 +83,8 @@ class Context:
 
             raise DataSettingError(s)
         # bound: the scores are an upper bound on the loss (masked diffusion's NELBO), not the loss itself
-        return {**s.summary(self.log2p), "bound": bool(objectives.get(self.model.objective).BOUND)}
+        objective = objectives.get(getattr(self.model, "objective", "next_token"))
+        return {**s.summary(self.log2p), "bound": bool(objective.BOUND)}
 
     def label(self) -> str:
         c = self.cfg

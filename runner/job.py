@@ -270,7 +270,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     """Data, model, then the stages in order; ``where["stage"]`` names the one running (for the error message).
     ``plan`` (runner/checkpoint.plan) says which weights they use; None on the ranks of a torchrun other than 0."""
     from .accel import autocast
-    from .bench import run_bench, scaling
+    from .bench import bench_generation, run_bench, scaling
     from .data import load_corpus
     from .evaluate import describe as describe_eval, evaluate
     from .model import build_model
@@ -361,4 +361,5 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
         console.print("bench:")
         rows = run_bench(model, cfg, device, console)
         tracker.update(bench=rows, bench_scaling=scaling(rows))
+        tracker.update(bench_generation=bench_generation(model, cfg, device, console))
     where["stage"] = None

@@ -132,6 +132,8 @@ def test_non_causal_attention_is_softmax_over_every_key():
     ("objective.eps=0", "objective.eps=0 must be in (0, 0.5]"),
     ("objective.eval_samples=0", "objective.eval_samples=0 must be a whole number in [1, 1000]"),
     ("+objective.schedule=cosine", "objective.schedule is not a setting of objective=mdlm"),
+    ("bench.diffusion_steps=[0,8]", "bench.diffusion_steps=[0, 8] must be a non-empty list of step counts"),
+    ("bench.generate_tokens=0", "bench.generate_tokens=0 must be"),
 ])
 def test_bad_diffusion_settings_are_refused_before_any_work(compose, override, fragment):
     over = ["model=tiny", "objective=mdlm", override]
@@ -152,7 +154,8 @@ def test_a_trained_tiny_diffusion_model_beats_the_unigram_bound(tmp_path):
     out = tmp_path / "run"
     p = run_cli("model=tiny", "objective=mdlm", "seq_len=64", "train.steps=150", "train.batch_size=8",
                 "train.eval_every=75", "eval.max_tokens=8192", "bench.lengths=[32]", "bench.repeats=1",
-                "data.max_bytes=400000", f"hydra.run.dir={out}")
+                "bench.generate_tokens=16", "bench.diffusion_steps=[4,16]", "data.max_bytes=400000",
+                f"hydra.run.dir={out}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
     assert r["status"] == "completed" and r["eval"]["bound"] is True
@@ -160,4 +163,8 @@ def test_a_trained_tiny_diffusion_model_beats_the_unigram_bound(tmp_path):
     assert "bpb <= " in p.stdout and "upper bound" in p.stdout
     row = r["bench"][0]
     assert row["status"] == "ok" and row["train_step_s"] > 0 and "decode_s_per_token" not in row
+    gen = r["bench_generation"]
+    assert [(g["sampler"], g["steps"]) for g in gen] == [("ancestral", 4), ("low_confidence", 4), ("ancestral", 16),
+                                                         ("low_confidence", 16)]
+    assert all(g["status"] == "ok" and g["tokens_per_s"] > 0 and g["tokens"] == 16 for g in gen)
     assert objectives.get("mdlm").BOUND
