@@ -126,7 +126,9 @@ def _job(path: str, sweep_dir: str) -> dict:
         results=res, status=status, error=str(err) if err else "", error_head=error_head(err),
         attention=sec("attention").get("name"), full=sec("full").get("name"), ratio=cfg.get("ratio"),
         pattern=cfg.get("pattern"), layer_types=lt, model=sec("model").get("name"), seq_len=cfg.get("seq_len"),
-        seed=cfg.get("seed"), n_params=res.get("n_params"),
+        seed=cfg.get("seed"), n_params=res.get("n_params"), objective=sec("objective").get("name") or "next_token",
+        bound=bool(ev.get("bound")), generation=[g for g in (res.get("bench_generation") or [])
+                                                 if isinstance(g, dict) and g.get("status") == "ok"],
         full_fraction=(lt.count("F") / len(lt)) if lt else None,
         train_tokens_per_s=train.get("tokens_per_s"), final_loss=train.get("final_loss"),
         eval_loss=ev.get("loss"), ppl=ev.get("ppl"), bpb=ev.get("bpb"), unigram_bpb=ev.get("unigram_bpb"),
@@ -196,6 +198,7 @@ def _label(jobs: list[dict]) -> None:
     the label."""
     varies = lambda k: len({j[k] for j in jobs}) > 1  # noqa: E731
     vary_full, vary_t, vary_seed = varies("full"), varies("seq_len"), varies("seed")
+    vary_obj = len({j.get("objective", "next_token") for j in jobs}) > 1
     others = _varying(jobs)
     for j in jobs:
         lt = j["layer_types"]
@@ -204,7 +207,7 @@ def _label(jobs: list[dict]) -> None:
             names.append(str(j["attention"]))
         if "F" in lt and ("L" not in lt or vary_full):
             names.append(str(j["full"]))
-        extra = [f"T={j['seq_len']}"] if vary_t else []
+        extra = ([f"T={j['seq_len']}"] if vary_t else []) + ([str(j.get("objective"))] if vary_obj else [])
         flat = _flat(j["results"].get("config") or {})
         j["settings"] = {k: flat.get(k) for k in others}
         settings = [f"{k}={_setting(v)}" for k, v in j["settings"].items()]
@@ -221,6 +224,25 @@ def _label(jobs: list[dict]) -> None:
     for j in jobs:
         if j["ok"] and seen[j["label"]] > 1:
             j["label"] += f" [{j['job']}]"
+
+
+def _bounded(j: dict, key: str) -> str:
+    """A loss cell, marked '≤' where it is an upper bound (masked diffusion's NELBO)."""
+    cell = _f(j[key], ".3f")
+    return f"≤ {cell}" if j.get("bound") and cell != "-" else cell
+
+
+def _generation_lines(jobs: list[dict]) -> list[str]:
+    """The bench stage's generated tokens/s per job: decoding, or diffusion at each number of steps."""
+    done = [j for j in jobs if j["ok"] and j.get("generation")]
+    if not done:
+        return []
+    header = ["job", "config", "sampler", "steps", "tokens", "tokens/s"]
+    rows = [[j["job"], j["label"], g["sampler"], str(g["steps"]), str(g["tokens"]), _count(g["tokens_per_s"])]
+            for j in done for g in j["generation"]]
+    return (["## Generation", "", "Generated tokens/s after a 16-token prompt (bench.generate_tokens, batch "
+             "bench.batch_size): autoregressive models one decode step per token, masked-diffusion models S "
+             "denoising steps over the whole block (bench.diffusion_steps).", ""] + _table(header, rows) + [""])
 
 
 def _setting(v: Any) -> str:
@@ -359,14 +381,18 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
     rows = []
     for j in jobs:
         rows.append([j["job"], j["label"], j["layer_types"] or "-", _count(j["n_params"]), j["status"],
-                     _count(j["train_tokens_per_s"]), _f(j["final_loss"], ".3f"), _f(j["eval_loss"], ".3f"),
-                     _f(j["ppl"], ".3f"), _f(j["bpb"], ".3f"), _f(j["unigram_bpb"], ".3f"),
+                     _count(j["train_tokens_per_s"]), _f(j["final_loss"], ".3f"),
+                     *(_bounded(j, k) for k in ("eval_loss", "ppl", "bpb")), _f(j["unigram_bpb"], ".3f"),
                      _f(j["decode_ms_per_token"], ".3f"),
                      fmt_bytes(j["train_peak_bytes"]) if _pos(j["train_peak_bytes"]) else "-",
                      fmt_bytes(j["state_bytes"]) if _pos(j["state_bytes"]) else "-",
                      *(_f(j[f"exp_{k}"], ".2f") for k in ("train_step_s", "prefill_s", "decode_s_per_token",
                                                           "train_peak_bytes", "state_bytes"))])
     lines += _table(header, rows) + [""]
+    if any(j.get("bound") for j in jobs):
+        lines += ["'≤': the masked-diffusion jobs' eval loss, ppl and bpb are upper bounds (the NELBO, "
+                  "runner/objectives/mdlm.py), beside the autoregressive jobs' exact ones on the same bytes.", ""]
+    lines += _generation_lines(jobs)
     lines += list(seed_lines)
 
     from . import evals

@@ -349,3 +349,27 @@ def test_the_baseline_is_the_all_full_model_of_the_sweeps_full_mixer(tmp_path):
     assert float(rows["1_gated_deltanet_3:1_64"]["crossover_train_step_s"]) == pytest.approx(100)
     assert "## Crossover against the all-full model" in (s / "report.md").read_text()
     assert len(out["crossovers"]) == 2
+
+
+def test_a_sweep_over_the_objective_labels_it_marks_bounds_and_lists_generation(tmp_path):
+    """Diffusion and autoregressive jobs of the same mixers are different configurations (labels, seeds table),
+    the diffusion ones' losses are marked as upper bounds, and generation tokens/s get their own table."""
+    sweep = tmp_path / "sweep"
+    for job, objective, bpb in (("0_ar", "next_token", 2.0), ("1_mdlm", "mdlm", 2.4)):
+        r = fake_results("softmax", "0:1", "FFFF", bpb=bpb, full="softmax")
+        r["config"]["objective"] = {"name": objective}
+        r["eval"]["bound"] = objective == "mdlm"
+        r["bench_generation"] = ([{"sampler": "autoregressive", "steps": 16, "tokens": 16, "tokens_per_s": 500.0,
+                                   "status": "ok"}] if objective == "next_token" else
+                                 [{"sampler": "ancestral", "steps": s, "tokens": 16, "tokens_per_s": 4000.0 / s,
+                                   "status": "ok"} for s in (4, 16)])
+        write(sweep, job, r)
+    md = open(build_report(str(sweep))["report_md"]).read()
+    comparison = md.split("## Comparison")[1].split("## Generation")[0]
+    assert "| 0_ar | softmax 0:1 small next_token |" in comparison and "| 1_mdlm | softmax 0:1 small mdlm |" in comparison
+    assert "≤ 2.400" in comparison and "≤ 2.000" not in comparison and "| 2.000 |" in comparison
+    generation = md.split("## Generation")[1].split("##")[0]
+    assert "| 1_mdlm | softmax 0:1 small mdlm | ancestral | 4 | 16 | 1.00 k |" in generation
+    assert "| 0_ar | softmax 0:1 small next_token | autoregressive | 16 | 16 | 500 |" in generation
+    seeds = md.split("## Seeds and noise")[1]
+    assert "| softmax 0:1 small mdlm | 0 |" in seeds and "| softmax 0:1 small next_token | 0 |" in seeds
