@@ -11,7 +11,9 @@ with its status (``over_budget``, ``oom``, ``error``) and reason, and ends the l
 Then generation (:func:`bench_generation`, runner/generate.py): ``bench.generate_tokens`` new tokens after a
 16-token prompt, as tokens/s: one decode step per token for an autoregressive model; for a masked-diffusion model
 one row per number of denoising steps S in ``bench.diffusion_steps`` (S forwards of the whole sequence, fewer
-with ancestral sampling's skipped steps), so the cost of quality (more steps) reads off next to decoding.
+with ancestral sampling's skipped steps), so the cost of quality (more steps) reads off next to decoding; and
+the quality of samples after validation prompts: unigram entropy, and perplexity under ``bench.judge`` (an
+autoregressive run of the same data, runner/checkpoint.py load_judge).
 """
 from __future__ import annotations
 
@@ -136,32 +138,55 @@ def _predicted_peak(rows: list[dict], n: int):
     return m1 * (n / n1) ** max(slope, 0.0)
 
 
-def bench_generation(model, cfg, device, console=None) -> list[dict]:
-    """Generated tokens/s (module docstring): one row for an autoregressive model, one per S for diffusion."""
+def bench_generation(model, cfg, device, console=None, corpus=None, judge=None) -> list[dict]:
+    """Generated tokens/s (module docstring): one row for an autoregressive model, one per S and sampler for
+    diffusion. With the ``corpus``, each row also has the quality of ``bench.judge_samples`` samples after
+    prompts from the validation text: their unigram entropy (bits) and, with a ``judge`` model (bench.judge),
+    their perplexity under it; a ``data`` row gives the same for the validation text's own continuations."""
     from . import generate
+    from .scoring import sample_quality
 
     bc, L = cfg.bench, cfg.bench.generate_tokens
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(0, model.vocab_size, (bc.batch_size, 16), generator=gen).to(device)
     if model.causal:
-        cases = [("autoregressive", None, lambda: generate.autoregressive(model, prompt, L, generator=gen))]
+        cases = [("autoregressive", L, lambda p: generate.autoregressive(model, p, L, generator=gen))]
     else:
-        cases = [(remasking, S, lambda S=S, r=remasking: generate.diffusion(model, prompt, L, S, r, generator=gen))
+        cases = [(remasking, S, lambda p, S=S, r=remasking: generate.diffusion(model, p, L, S, r, generator=gen))
                  for S in bc.diffusion_steps for remasking in ("ancestral", "low_confidence")]
+    texts = None
+    if corpus is not None:
+        try:
+            texts = corpus.val_windows(16 + L, (16 + L) * bc.judge_samples)[0][:bc.judge_samples].to(device)
+        except ValueError as e:
+            if console is not None:
+                console.print(f"  generate: no sample quality ({e})")
     rows = []
+    if texts is not None:
+        rows.append({"sampler": "data", "steps": None, "tokens": L, "samples": texts.shape[0], "status": "ok",
+                     **sample_quality(texts[:, 16:], texts[:, :16], judge)})
     for how, steps, fn in cases:
-        row = {"sampler": how, "steps": steps if steps is not None else L, "tokens": L, "batch": bc.batch_size}
+        row = {"sampler": how, "steps": steps, "tokens": L, "batch": bc.batch_size}
         try:
             with autocast(cfg.precision, device):
-                row["s"], row["peak_bytes"], _ = _timed(fn, bc, device)
-            row["tokens_per_s"], row["status"] = bc.batch_size * L / row["s"], "ok"
+                row["s"], row["peak_bytes"], _ = _timed(lambda: fn(prompt), bc, device)
+                row["tokens_per_s"] = bc.batch_size * L / row["s"]
+                if texts is not None:
+                    row.update(samples=texts.shape[0], **sample_quality(fn(texts[:, :16]), texts[:, :16], judge))
+            row["status"] = "ok"
         except Exception as e:  # noqa: BLE001 - recorded; the run goes on
             row.update(status="oom" if _is_oom(e) else "error", reason=f"{type(e).__name__}: {e}")
         rows.append(row)
-        if console is not None:
-            what = (f"{row['tokens_per_s']:,.0f} tokens/s" if row["status"] == "ok"
-                    else f"[yellow]{row['status']}[/]: {row['reason']}")
-            console.print(f"  generate {L} tokens, {how}, {row['steps']} steps: {what}")
+    if console is not None:
+        for row in rows:
+            if row["status"] != "ok":
+                what = f"[yellow]{row['status']}[/]: {row['reason']}"
+            else:
+                what = ", ".join(([f"{row['tokens_per_s']:,.0f} tokens/s"] if "tokens_per_s" in row else [])
+                                 + ([f"judge ppl {row['judge_ppl']:.2f}"] if "judge_ppl" in row else [])
+                                 + ([f"entropy {row['entropy_bits']:.2f} bits"] if "entropy_bits" in row else []))
+            steps = f", {row['steps']} steps" if row["steps"] is not None else " (the validation text)"
+            console.print(f"  generate {L} tokens, {row['sampler']}{steps}: {what}")
     model.train()
     return rows
 

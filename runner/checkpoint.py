@@ -17,6 +17,7 @@ seq_len, seed, data, train, precision).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import pickle
 import zipfile
@@ -236,3 +237,48 @@ def plan(cfg, run_dir: str, previous: Optional[dict], log=print) -> Plan:
         log(f"weights: using the settings of the checkpoint {path}: " + "; ".join(
             f"{k}={a!r} (this command's default: {b!r})" for k, (a, b) in list(diff.items())[:8]))
     return Plan(cfg, "checkpoint", state, path, same_weights=True, adopted=diff)
+
+
+# -- another run's weights: the judge of generated text (bench.judge) ---------------------------------------------
+# An autoregressive run of the same data scores the samples of the bench stage by their perplexity under it, as
+# MDLM judges its samples with GPT-2 (the scores: runner/scoring.py sample_quality). It must have seen the same
+# data in the same tokenization (fingerprint, tokenizer and vocabulary are compared); else it is refused with the
+# reason, before any work where that can be known then.
+
+class JudgeUnusable(ActionableError, ValueError):
+    exit_code = 2
+
+
+def judge_problems(folder: str) -> tuple[dict, str]:
+    """(the judge run's results, its checkpoint path) after checking it can judge at all."""
+    where = f"bench.judge={folder}"
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        raise JudgeUnusable(f"{where}: no results.json there; give the folder of a completed autoregressive run "
+                            f"(objective=next_token) trained on the same data")
+    with open(path) as f:
+        res = json.load(f)
+    objective = ((res.get("config") or {}).get("objective") or {}).get("name", "next_token")
+    if res.get("status") != "completed" or objective != "next_token":
+        raise JudgeUnusable(f"{where}: the judge must be a completed autoregressive run (objective=next_token); "
+                            f"that one is {res.get('status')!r} with objective={objective}")
+    ckpt = checkpoint_path(folder)
+    if not os.path.isfile(ckpt):
+        raise JudgeUnusable(f"{where}: it has no checkpoint ({ckpt}); rerun it with the train stage")
+    return res, ckpt
+
+
+def load_judge(folder: str, data_info: dict, device):
+    """The judge's trained model in eval mode, after checking it saw the data this run sees (``data_info``: the
+    run's results.json data section)."""
+    from .model import build_model
+
+    res, ckpt = judge_problems(folder)
+    theirs = res.get("data") or {}
+    for key in ("fingerprint", "tokenizer", "vocab_size"):
+        if theirs.get(key) != data_info.get(key):
+            raise JudgeUnusable(f"bench.judge={folder}: it was trained on other data ({key} {theirs.get(key)!r}, "
+                                f"this run's {data_info.get(key)!r}); a judge must share the data and tokenizer")
+    judge = build_model(OmegaConf.create(res["config"]), int(data_info["vocab_size"]))
+    judge.load_state_dict(load(ckpt)["model"])
+    return judge.to(device).eval()

@@ -112,6 +112,8 @@ class BenchConfig:
     memory_budget_gb: float = 0.0  # a length whose training-step peak is (predicted) above this ends the ladder; 0 = none
     generate_tokens: int = 64  # generation: new tokens after a 16-token prompt (the diffusion block's length L)
     diffusion_steps: List[int] = field(default_factory=lambda: [8, 32, 64])  # denoising steps S (objective=mdlm)
+    judge_samples: int = 8  # samples after validation prompts whose quality is measured (entropy, judge ppl)
+    judge: Optional[str] = None  # run folder of an autoregressive run of the same data: judges the samples
 
 
 @dataclass
@@ -304,6 +306,14 @@ def validate(cfg: DictConfig | Config) -> dict:
     whole("bench.decode_tokens", b.decode_tokens, 1, 1 << 20, "16")
     whole("bench.repeats", b.repeats, 1, 1000, "3")
     whole("bench.generate_tokens", b.generate_tokens, 1, 1 << 16, "64")
+    whole("bench.judge_samples", b.judge_samples, 1, 1 << 16, "8")
+    if b.judge is not None:
+        from .checkpoint import JudgeUnusable, judge_problems
+
+        try:
+            judge_problems(str(b.judge))
+        except JudgeUnusable as e:
+            problems.append(str(e))
     need(len(b.diffusion_steps) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in b.diffusion_steps),
          f"bench.diffusion_steps={b.diffusion_steps} must be a non-empty list of step counts in [1, 65536], e.g. "
          f"[8,32,64]")

@@ -297,6 +297,11 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
 
     for note in getattr(sources.get(cfg.data.name), "notes", lambda c: [])(cfg):
         console.print(note)
+    judge = None
+    if cfg.bench.judge and "bench" in cfg.stages:  # before any training: a judge of other data is refused now
+        from .checkpoint import load_judge
+
+        judge = load_judge(str(cfg.bench.judge), corpus.info(), device)
 
     m = cfg.model
 
@@ -361,5 +366,5 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
         console.print("bench:")
         rows = run_bench(model, cfg, device, console)
         tracker.update(bench=rows, bench_scaling=scaling(rows))
-        tracker.update(bench_generation=bench_generation(model, cfg, device, console))
+        tracker.update(bench_generation=bench_generation(model, cfg, device, console, corpus, judge))
     where["stage"] = None

@@ -7,6 +7,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 IGNORE = -100
 LN2 = math.log(2)
@@ -46,3 +47,31 @@ def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch
 def mean_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Mean loss (nats/token) over all scored positions (targets of -100 are not scored)."""
     return float(token_nll(model, x, y, batch_size).sum()) / max(int((y != IGNORE).sum()), 1)
+
+
+@torch.no_grad()
+def judge_nll(judge, prompt: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood (nats/token) of each sample (B, L) after its prompt (B, P), under the judge."""
+    seq = torch.cat([prompt, sample], 1)
+    logits = judge(seq[:, :-1])[0][:, prompt.shape[1] - 1:, :judge.vocab_size].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sample.reshape(-1), reduction="none")
+    return nll.view(sample.shape).mean(1)
+
+
+def unigram_entropy(sample: torch.Tensor) -> torch.Tensor:
+    """The entropy (bits) of each sample's (B, L) token histogram."""
+    out = []
+    for row in sample:
+        p = torch.bincount(row.long().cpu()).double()
+        p = p[p > 0] / row.numel()
+        out.append(float(-(p * p.log2()).sum()))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def sample_quality(samples: torch.Tensor, prompt: torch.Tensor, judge=None) -> dict:
+    """Entropy (and judge perplexity, with a judge) of samples, averaged over them."""
+    out = {"entropy_bits": float(unigram_entropy(samples).mean())}
+    if judge is not None:
+        out["judge_ppl"] = math.exp(float(judge_nll(judge, prompt.to(next(judge.parameters()).device),
+                                                    samples.to(next(judge.parameters()).device)).mean()))
+    return out

@@ -148,13 +148,18 @@ def test_bad_diffusion_settings_are_refused_before_any_work(compose, override, f
     assert fragment in str(e.value), str(e.value)
 
 
-def test_a_trained_tiny_diffusion_model_beats_the_unigram_bound(tmp_path):
+def test_a_trained_tiny_diffusion_model_beats_the_unigram_bound_and_is_judged(tmp_path):
     from test_end_to_end import run_cli
 
+    data = ["data.max_bytes=400000", "seq_len=64", "train.batch_size=8", "bench.lengths=[32]", "bench.repeats=1",
+            "bench.generate_tokens=16", "bench.judge_samples=4"]
+    judge = tmp_path / "judge"
+    p = run_cli("model=tiny", *data, "train.steps=20", "train.eval_every=0", "eval.max_tokens=2048",
+                f"hydra.run.dir={judge}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = tmp_path / "run"
-    p = run_cli("model=tiny", "objective=mdlm", "seq_len=64", "train.steps=150", "train.batch_size=8",
-                "train.eval_every=75", "eval.max_tokens=8192", "bench.lengths=[32]", "bench.repeats=1",
-                "bench.generate_tokens=16", "bench.diffusion_steps=[4,16]", "data.max_bytes=400000",
+    p = run_cli("model=tiny", "objective=mdlm", *data, "train.steps=150", "train.eval_every=75",
+                "eval.max_tokens=8192", "bench.diffusion_steps=[4,16]", f"bench.judge={judge}",
                 f"hydra.run.dir={out}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
@@ -163,8 +168,38 @@ def test_a_trained_tiny_diffusion_model_beats_the_unigram_bound(tmp_path):
     assert "bpb <= " in p.stdout and "upper bound" in p.stdout
     row = r["bench"][0]
     assert row["status"] == "ok" and row["train_step_s"] > 0 and "decode_s_per_token" not in row
-    gen = r["bench_generation"]
+    data_row, *gen = r["bench_generation"]
+    assert data_row["sampler"] == "data" and data_row["judge_ppl"] > 1 and data_row["entropy_bits"] > 0
     assert [(g["sampler"], g["steps"]) for g in gen] == [("ancestral", 4), ("low_confidence", 4), ("ancestral", 16),
                                                          ("low_confidence", 16)]
-    assert all(g["status"] == "ok" and g["tokens_per_s"] > 0 and g["tokens"] == 16 for g in gen)
-    assert objectives.get("mdlm").BOUND
+    for g in gen:
+        assert g["status"] == "ok" and g["tokens_per_s"] > 0 and g["tokens"] == 16 and g["samples"] == 4
+        assert 0 <= g["entropy_bits"] <= 4 and g["judge_ppl"] > 1  # 16 tokens: at most log2(16) bits
+    # (a weak model's low-confidence remasking can write one token 16 times: entropy 0, a flattering judge ppl)
+    assert all(g["entropy_bits"] > 0 for g in gen if g["sampler"] == "ancestral")
+    assert "judge ppl" in p.stdout
+
+
+def test_an_unusable_judge_is_refused_before_any_work(tmp_path, compose):
+    cfg = compose("model=tiny", "objective=mdlm", f"bench.judge={tmp_path}")
+    with pytest.raises(ConfigError, match="no results.json there; give the folder of a completed autoregressive"):
+        validate(cfg)
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": {"objective": {
+        "name": "mdlm"}}}))
+    with pytest.raises(ConfigError, match="the judge must be a completed autoregressive run"):
+        validate(cfg)
+
+
+def test_sample_quality_scores():
+    from runner.scoring import judge_nll, token_nll, unigram_entropy
+
+    same = torch.full((1, 8), 3)
+    spread = torch.arange(8)[None]
+    assert unigram_entropy(same).item() == 0 and unigram_entropy(spread).item() == pytest.approx(3.0)
+    from runner.model import HybridLM
+
+    torch.manual_seed(0)
+    judge = HybridLM(V, 32, 2, ["F", "F"], {"name": "softmax"}, {"name": "softmax"}).eval()
+    seq = torch.randint(0, V, (2, 12))
+    ref = token_nll(judge, seq[:, :-1], seq[:, 1:], 2)[:, 4:].mean(1)  # the tokens after a 5-token prompt
+    assert torch.allclose(judge_nll(judge, seq[:, :5], seq[:, 5:]).double(), ref, atol=1e-5)
