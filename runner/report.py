@@ -233,16 +233,21 @@ def _bounded(j: dict, key: str) -> str:
 
 
 def _generation_lines(jobs: list[dict]) -> list[str]:
-    """The bench stage's generated tokens/s per job: decoding, or diffusion at each number of steps."""
+    """The bench stage's generation per job: tokens/s (decoding, or diffusion at each number of steps) and the
+    samples' quality (unigram entropy, judge perplexity), beside the validation text's own ('data')."""
     done = [j for j in jobs if j["ok"] and j.get("generation")]
     if not done:
         return []
-    header = ["job", "config", "sampler", "steps", "tokens", "tokens/s"]
-    rows = [[j["job"], j["label"], g["sampler"], str(g["steps"]), str(g["tokens"]), _count(g["tokens_per_s"])]
-            for j in done for g in j["generation"]]
+    header = ["job", "config", "sampler", "steps", "tokens", "tokens/s", "entropy (bits)", "judge ppl"]
+    rows = [[j["job"], j["label"], g["sampler"], str(g["steps"]) if g.get("steps") is not None else "-",
+             str(g["tokens"]), _count(g.get("tokens_per_s")), _f(g.get("entropy_bits"), ".2f"),
+             _f(g.get("judge_ppl"), ".2f")] for j in done for g in j["generation"]]
     return (["## Generation", "", "Generated tokens/s after a 16-token prompt (bench.generate_tokens, batch "
              "bench.batch_size): autoregressive models one decode step per token, masked-diffusion models S "
-             "denoising steps over the whole block (bench.diffusion_steps).", ""] + _table(header, rows) + [""])
+             "denoising steps over the whole block (bench.diffusion_steps). Quality of samples after prompts from "
+             "the validation text: the unigram entropy of each sample (falls when a sampler repeats itself) and, "
+             "with bench.judge, the perplexity under that autoregressive run; 'data' is the validation text's own "
+             "continuation.", ""] + _table(header, rows) + [""])
 
 
 def _setting(v: Any) -> str:

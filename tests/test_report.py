@@ -361,15 +361,18 @@ def test_a_sweep_over_the_objective_labels_it_marks_bounds_and_lists_generation(
         r["eval"]["bound"] = objective == "mdlm"
         r["bench_generation"] = ([{"sampler": "autoregressive", "steps": 16, "tokens": 16, "tokens_per_s": 500.0,
                                    "status": "ok"}] if objective == "next_token" else
-                                 [{"sampler": "ancestral", "steps": s, "tokens": 16, "tokens_per_s": 4000.0 / s,
-                                   "status": "ok"} for s in (4, 16)])
+                                 [{"sampler": "data", "steps": None, "tokens": 16, "entropy_bits": 3.5,
+                                   "judge_ppl": 9.5, "status": "ok"}]
+                                 + [{"sampler": "ancestral", "steps": s, "tokens": 16, "tokens_per_s": 4000.0 / s,
+                                     "entropy_bits": 3.0, "status": "ok"} for s in (4, 16)])
         write(sweep, job, r)
     md = open(build_report(str(sweep))["report_md"]).read()
     comparison = md.split("## Comparison")[1].split("## Generation")[0]
     assert "| 0_ar | softmax 0:1 small next_token |" in comparison and "| 1_mdlm | softmax 0:1 small mdlm |" in comparison
     assert "≤ 2.400" in comparison and "≤ 2.000" not in comparison and "| 2.000 |" in comparison
     generation = md.split("## Generation")[1].split("##")[0]
-    assert "| 1_mdlm | softmax 0:1 small mdlm | ancestral | 4 | 16 | 1.00 k |" in generation
-    assert "| 0_ar | softmax 0:1 small next_token | autoregressive | 16 | 16 | 500 |" in generation
+    assert "| 1_mdlm | softmax 0:1 small mdlm | ancestral | 4 | 16 | 1.00 k | 3.00 | - |" in generation
+    assert "| 1_mdlm | softmax 0:1 small mdlm | data | - | 16 | - | 3.50 | 9.50 |" in generation
+    assert "| 0_ar | softmax 0:1 small next_token | autoregressive | 16 | 16 | 500 | - | - |" in generation
     seeds = md.split("## Seeds and noise")[1]
     assert "| softmax 0:1 small mdlm | 0 |" in seeds and "| softmax 0:1 small next_token | 0 |" in seeds
