@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from . import objectives
 from .mixers import build_mixer
 from .mixers.base import RMSNorm
 
@@ -64,7 +65,6 @@ class HybridLM(nn.Module):
                  init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token",
                  checkpoint: bool = False, objective_settings: Optional[dict] = None):
         super().__init__()
-        from . import objectives
         # activation checkpointing per block: training keeps each block's input only and recomputes the block
         # in the backward (the usual remedy for activation memory; about one more forward of time)
         self.checkpoint = checkpoint
@@ -152,8 +152,6 @@ class HybridLM(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss for backward, language-model loss in nats/token)."""
-        from . import objectives
-
         logits, _ = self(idx)
         lm = objectives.get(self.objective).loss(logits, targets)
         aux = self.aux_loss()

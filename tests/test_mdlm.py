@@ -111,8 +111,17 @@ def test_a_linear_mixer_runs_as_its_causal_pass_and_its_reversed_causal_pass(nam
     gx, *gp = torch.autograd.grad((y * w).sum(), [x, *bi.parameters()])
     rx, *rp = torch.autograd.grad((ref * w).sum(), [x, *fwd.parameters()])
     assert torch.allclose(gx, rx, atol=1e-10) and all(torch.allclose(a, b, atol=1e-10) for a, b in zip(gp, rp))
-    with pytest.raises(ValueError, match="no state to continue"):
+    with pytest.raises(ValueError, match="Bidirectional runs non-causally: it has no state to continue"):
         bi(x, {"S": x})
+
+
+@pytest.mark.parametrize("name", ["softmax", "gated_attention", "mla"])
+def test_a_non_causal_attention_refuses_to_continue_a_cache(name):
+    m = _mixer(name, False)
+    x = torch.randn(1, 4, 32, dtype=torch.float64)
+    state = _mixer(name, True)(x)[1]
+    with pytest.raises(ValueError, match="runs non-causally: it has no state to continue"):
+        m(x, state)
 
 
 def test_non_causal_attention_is_softmax_over_every_key():

@@ -88,6 +88,12 @@ class Mixer(nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError
 
+    def refuse_state_when_noncausal(self, state: Optional[State]) -> None:
+        """A non-causal mixer has no state to continue: every call mixes the whole sequence."""
+        if state is not None and not self.causal:
+            raise ValueError(f"{type(self).__name__} runs non-causally: it has no state to continue; run the "
+                             f"whole sequence")
+
     # -- the decode step (module docstring) ----------------------------------------------------------------------
     step_max_tokens: int = 8  # longer calls of ``step`` run ``forward`` (its chunked/parallel form)
     _step_cache = None  # (parameters, their version counters, the tensors build_step_tensors derived from them)

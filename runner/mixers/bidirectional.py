@@ -11,7 +11,7 @@ The two directions share every parameter (one mixer, as Caduceus ties its two Ma
 has exactly the parameters of its causal twin and a sweep over ``objective=`` compares equal models; the price is
 two passes of compute (``flops_per_token`` doubles). Averaging rather than adding keeps the residual branch at the
 causal model's scale. Each direction is the mixer's own causal form, so each is tested against the same references;
-a non-causal mixer keeps no decode state (generation reruns the whole block, runner/objectives/mdlm.py).
+a non-causal mixer keeps no decode state (diffusion sampling reruns the whole block, runner/generate.py).
 """
 from __future__ import annotations
 
@@ -43,9 +43,7 @@ class Bidirectional(Mixer):
         return self.inner.aux_loss
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
-        if state is not None:
-            raise ValueError(f"{type(self.inner).__name__} runs non-causally (both directions): it has no state to "
-                             f"continue; run the whole sequence")
+        self.refuse_state_when_noncausal(state)
         fwd, _ = self.inner(x, None, need_state=False)
         bwd, _ = self.inner(x.flip(1), None, need_state=False)
         return (fwd + bwd.flip(1)) * 0.5, None

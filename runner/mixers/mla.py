@@ -143,6 +143,7 @@ class MultiHeadLatentAttention(Mixer):
 
     # -- the mixer contract -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
+        self.refuse_state_when_noncausal(state)
         start = 0 if state is None else state["kv"].shape[1]
         q, latent, _, _ = self.project(x, start)
         if state is not None:

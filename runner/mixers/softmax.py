@@ -158,6 +158,7 @@ class SoftmaxAttention(Mixer):
         return q, gate
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
+        self.refuse_state_when_noncausal(state)
         B, T, _ = x.shape
         q, gate = self._queries(x)  # (B, T, H, D)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, D)
