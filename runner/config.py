@@ -314,7 +314,8 @@ def validate(cfg: DictConfig | Config) -> dict:
             judge_problems(str(b.judge))
         except JudgeUnusable as e:
             problems.append(str(e))
-    need(len(b.diffusion_steps) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in b.diffusion_steps),
+    need(len(b.diffusion_steps) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16
+                                            for v in b.diffusion_steps),
          f"bench.diffusion_steps={b.diffusion_steps} must be a non-empty list of step counts in [1, 65536], e.g. "
          f"[8,32,64]")
     need(finite(b.time_budget_s) and b.time_budget_s > 0, f"bench.time_budget_s={b.time_budget_s} must be > 0 seconds")

@@ -69,5 +69,6 @@ def test_a_non_causal_objective_needs_mixers_that_see_the_whole_sequence(compose
 def test_an_unknown_objective_is_refused(compose):
     cfg = compose("model=tiny")
     cfg.objective.name = "nope"
-    with pytest.raises(ConfigError, match=r"objective.name='nope' is not a known objective; allowed: \['next_token', 'mdlm'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"objective.name='nope' is not a known objective; allowed: \['next_token', 'mdlm'\]"):
         validate(cfg)

@@ -368,7 +368,8 @@ def test_a_sweep_over_the_objective_labels_it_marks_bounds_and_lists_generation(
         write(sweep, job, r)
     md = open(build_report(str(sweep))["report_md"]).read()
     comparison = md.split("## Comparison")[1].split("## Generation")[0]
-    assert "| 0_ar | softmax 0:1 small next_token |" in comparison and "| 1_mdlm | softmax 0:1 small mdlm |" in comparison
+    assert "| 0_ar | softmax 0:1 small next_token |" in comparison
+    assert "| 1_mdlm | softmax 0:1 small mdlm |" in comparison
     assert "≤ 2.400" in comparison and "≤ 2.000" not in comparison and "| 2.000 |" in comparison
     generation = md.split("## Generation")[1].split("##")[0]
     assert "| 1_mdlm | softmax 0:1 small mdlm | ancestral | 4 | 16 | 1.00 k | 3.00 | - |" in generation
