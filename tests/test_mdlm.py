@@ -16,7 +16,7 @@ from runner.objectives import mdlm
 from runner.scoring import token_nll
 
 V = 50
-NONCAUSAL = [n for n in REGISTRY if n != "dsa"]
+NONCAUSAL = list(REGISTRY)
 
 
 def test_each_token_is_masked_with_probability_t():
@@ -115,7 +115,19 @@ def test_a_linear_mixer_runs_as_its_causal_pass_and_its_reversed_causal_pass(nam
         bi(x, {"S": x})
 
 
-@pytest.mark.parametrize("name", ["softmax", "gated_attention", "mla"])
+def test_sparse_attention_without_its_mask_selects_later_keys_and_trains_its_indexer():
+    torch.manual_seed(0)
+    m = build_mixer({"name": "dsa", "index_topk": 4}, 32, 2, causal=False).double().train()
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    _, _, q_lat, rope = m.project(x, 0)
+    scores = m.indexer.scores(x, x if q_lat is None else q_lat, m.indexer.keys(x, rope), rope)
+    chosen = m.select(scores, torch.ones(2, 12, 12, dtype=torch.bool))
+    assert (chosen.sum(-1) == 4).all() and chosen[:, 0, 1:].any()  # the first query picks among later keys too
+    y, _ = m(x, need_state=False)
+    assert y.shape == x.shape and torch.isfinite(m.aux_loss) and m.aux_loss >= 0
+
+
+@pytest.mark.parametrize("name", ["softmax", "gated_attention", "mla", "dsa"])
 def test_a_non_causal_attention_refuses_to_continue_a_cache(name):
     m = _mixer(name, False)
     x = torch.randn(1, 4, 32, dtype=torch.float64)
@@ -133,7 +145,7 @@ def test_non_causal_attention_is_softmax_over_every_key():
 
 
 @pytest.mark.parametrize("override,fragment", [
-    ("full=dsa", "full='dsa' runs only with its causal mask, and objective=mdlm needs mixers that see the whole"),
+    ("full=dsa", None),
     ("attention=softmax", None),
     ("+attention.window=16", "is a causal sliding window; set window=null"),
     ("data=mqar", "objective=mdlm needs data that provides 'text', and data=mqar provides ['mqar']"),

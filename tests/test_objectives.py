@@ -57,7 +57,10 @@ def test_the_model_and_the_scores_use_the_configured_objective(compose, doubled)
 
 
 def test_a_non_causal_objective_needs_mixers_that_see_the_whole_sequence(compose, monkeypatch, doubled):
+    from runner.mixers.dsa import DeepSeekSparseAttention
+
     monkeypatch.setattr(doubled, "CAUSAL", False)
+    monkeypatch.setattr(DeepSeekSparseAttention, "bidirectional", False)  # a mixer that cannot drop its mask
     cfg = compose("model=tiny", "attention=dsa")
     cfg.objective.name = "doubled"
     with pytest.raises(ConfigError) as e:

@@ -105,7 +105,6 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
     """MLA whose queries attend only to the top-k keys chosen by a lightning indexer (DeepSeek-V3.2)."""
 
     target_chunk = 256  # query rows per block when building the KL target (bounds its memory)
-    bidirectional = False  # its indexer and top-k selection are written for causal keys only, so far
 
     def __init__(self, d_model: int, cfg: DSAConfig, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, cfg, layer_idx, n_layers)
@@ -143,6 +142,7 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
         return p
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
+        self.refuse_state_when_noncausal(state)
         B, T, _ = x.shape
         start = 0 if state is None else state["kv"].shape[1]
         n = start + T
@@ -156,7 +156,9 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
 
         sparse = not self.cfg.indexer_warmup and self.index_topk < n
         scores = self.indexer.scores(xi, qi, index_k, rope) if (sparse or self.training) else None  # (B, T, n)
-        allowed = causal_mask(T, n, device=x.device)[None].expand(B, T, n)  # (B, T, n)
+        # the keys each query may use: the causal ones, or every key when non-causal (masked diffusion)
+        allowed = (causal_mask(T, n, device=x.device) if self.causal
+                   else torch.ones(T, n, dtype=torch.bool, device=x.device))[None].expand(B, T, n)  # (B, T, n)
         if sparse:
             allowed = self.select(scores.detach(), allowed)
         k, v = self.expand(latent)  # (B, n, H, dn + dr), (B, n, H, dv)
