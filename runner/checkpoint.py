@@ -249,36 +249,54 @@ class JudgeUnusable(ActionableError, ValueError):
     exit_code = 2
 
 
+class NoTrainedRun(ActionableError, ValueError):
+    exit_code = 2
+
+
 def judge_problems(folder: str) -> tuple[dict, str]:
     """(the judge run's results, its checkpoint path) after checking it can judge at all."""
-    where = f"bench.judge={folder}"
-    path = os.path.join(folder, "results.json")
-    if not os.path.isfile(path):
-        raise JudgeUnusable(f"{where}: no results.json there; give the folder of a completed autoregressive run "
-                            f"(objective=next_token) trained on the same data")
-    with open(path) as f:
-        res = json.load(f)
+    try:
+        res, ckpt = trained_run(folder)
+    except NoTrainedRun as e:
+        raise JudgeUnusable(f"bench.judge={e}; the judge is a completed autoregressive run (objective=next_token) "
+                            f"of the same data") from None
     objective = ((res.get("config") or {}).get("objective") or {}).get("name", "next_token")
     if res.get("status") != "completed" or objective != "next_token":
-        raise JudgeUnusable(f"{where}: the judge must be a completed autoregressive run (objective=next_token); "
-                            f"that one is {res.get('status')!r} with objective={objective}")
+        raise JudgeUnusable(f"bench.judge={folder}: the judge must be a completed autoregressive run "
+                            f"(objective=next_token); that one is {res.get('status')!r} with objective={objective}")
+    return res, ckpt
+
+
+def run_model(res: dict, ckpt: str, vocab_size: int, device):
+    """The trained model of a run (its results.json ``res`` and checkpoint path), in eval mode on ``device``."""
+    from .model import build_model
+
+    model = build_model(OmegaConf.create(res["config"]), int(vocab_size))
+    model.load_state_dict(load(ckpt)["model"])
+    return model.to(device).eval()
+
+
+def trained_run(folder: str) -> tuple[dict, str]:
+    """(results, checkpoint path) of a run folder that holds a trained model; else what to do, as an error."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        raise NoTrainedRun(f"{folder}: no results.json there; give the folder of a run that trained (python -m "
+                           f"runner ... hydra.run.dir=<folder>)")
+    with open(path) as f:
+        res = json.load(f)
     ckpt = checkpoint_path(folder)
-    if not os.path.isfile(ckpt):
-        raise JudgeUnusable(f"{where}: it has no checkpoint ({ckpt}); rerun it with the train stage")
+    if not os.path.isfile(ckpt) or not isinstance(res.get("config"), dict):
+        raise NoTrainedRun(f"{folder}: it holds no trained model ({ckpt} is missing); rerun it with the train stage")
     return res, ckpt
 
 
 def load_judge(folder: str, data_info: dict, device):
     """The judge's trained model in eval mode, after checking it saw the data this run sees (``data_info``: the
     run's results.json data section)."""
-    from .model import build_model
-
     res, ckpt = judge_problems(folder)
     theirs = res.get("data") or {}
     for key in ("fingerprint", "tokenizer", "vocab_size"):
         if theirs.get(key) != data_info.get(key):
             raise JudgeUnusable(f"bench.judge={folder}: it was trained on other data ({key} {theirs.get(key)!r}, "
                                 f"this run's {data_info.get(key)!r}); a judge must share the data and tokenizer")
-    judge = build_model(OmegaConf.create(res["config"]), int(data_info["vocab_size"]))
-    judge.load_state_dict(load(ckpt)["model"])
-    return judge.to(device).eval()
+    return run_model(res, ckpt, data_info["vocab_size"], device)

@@ -203,10 +203,12 @@ def test_a_trained_tiny_diffusion_model_beats_the_unigram_bound_and_is_judged(tm
 
 def test_an_unusable_judge_is_refused_before_any_work(tmp_path, compose):
     cfg = compose("model=tiny", "objective=mdlm", f"bench.judge={tmp_path}")
-    with pytest.raises(ConfigError, match="no results.json there; give the folder of a completed autoregressive"):
+    with pytest.raises(ConfigError, match="no results.json there; .* the judge is a completed autoregressive run"):
         validate(cfg)
     (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": {"objective": {
         "name": "mdlm"}}}))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="the judge must be a completed autoregressive run"):
         validate(cfg)
 
