@@ -46,8 +46,10 @@ def test_tiny_run_writes_complete_results(tmp_path, attention):
         for k in ("train_step_s", "train_peak_bytes", "prefill_tokens_per_s", "decode_s_per_token", "state_bytes"):
             assert row[k] is not None and row[k] > 0, (k, row)
         assert row["state_bytes"] == row["state_bytes_measured"]
-    (gen,) = r["bench_generation"]  # generation tokens/s: one decode step per token
+    text, gen = r["bench_generation"]  # the validation text's sample quality, then one decode step per token
+    assert text["sampler"] == "data" and text["entropy_bits"] > 0 and "judge_ppl" not in text
     assert gen["sampler"] == "autoregressive" and gen["status"] == "ok" and gen["tokens_per_s"] > 0
+    assert gen["samples"] == 8 and gen["entropy_bits"] >= 0
     assert r["data"]["fingerprint"] and r["data"]["train_tokens"] > 0
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in c for c in curve) and any(c.get("step") == 6 for c in curve)
