@@ -77,6 +77,9 @@ def _args(argv):
 
 def main(argv=None) -> int:
     a = _args(argv)
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device={a.device}, but this machine has no usable CUDA GPU; use --device cpu", file=sys.stderr)
+        return 2
     try:
         res, ckpt = trained_run(a.run_dir)
         data = res.get("data") or {}

@@ -50,6 +50,8 @@ def test_a_diffusion_run_writes_a_block_in_steps(runs, capsys):
     (["{run}", "--top-p", "0"], "--top-p=0.0 must be in (0, 1]"),
     (["{run}", "--max-new-tokens", "0"], "--max-new-tokens=0 must be >= 1"),
     (["{run}", "--prompt", ""], "needs a prompt of at least one token"),
+    pytest.param(["{run}", "--device", "cuda"], "has no usable CUDA GPU; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_bad_folders_and_settings_say_what_is_wrong(runs, tmp_path, capsys, args, says):
     argv = [a.format(tmp=tmp_path, run=runs["next_token"]) for a in args]
