@@ -282,8 +282,14 @@ def trained_run(folder: str) -> tuple[dict, str]:
     if not os.path.isfile(path):
         raise NoTrainedRun(f"{folder}: no results.json there; give the folder of a run that trained (python -m "
                            f"runner ... hydra.run.dir=<folder>)")
-    with open(path) as f:
-        res = json.load(f)
+    try:
+        with open(path) as f:
+            res = json.load(f)
+        if not isinstance(res, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:  # read only: someone else's folder is never moved or rewritten
+        raise NoTrainedRun(f"{folder}: its results.json cannot be read ({type(e).__name__}: {e}); give the folder "
+                           f"of a run that trained") from None
     ckpt = checkpoint_path(folder)
     if not os.path.isfile(ckpt) or not isinstance(res.get("config"), dict):
         raise NoTrainedRun(f"{folder}: it holds no trained model ({ckpt} is missing); rerun it with the train stage")

@@ -15,6 +15,7 @@ import sys
 import torch
 
 from .checkpoint import NoTrainedRun, run_model, trained_run
+from .errors import ActionableError
 from .generate import REMASKING, autoregressive, diffusion
 
 
@@ -83,9 +84,11 @@ def main(argv=None) -> int:
     try:
         res, ckpt = trained_run(a.run_dir)
         data = res.get("data") or {}
+        if "vocab_size" not in data:
+            raise NoTrainedRun(f"{a.run_dir}: its results.json records no data section (vocab_size); rerun it")
         codec = Codec(data)
         model = run_model(res, ckpt, data["vocab_size"], torch.device(a.device))
-    except (NoTrainedRun, KeyError) as e:
+    except ActionableError as e:  # no results, no checkpoint, a damaged one, an unreadable tokenizer
         print(f"error: {e}", file=sys.stderr)
         return 2
     ids = codec.encode(a.prompt)

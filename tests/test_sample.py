@@ -47,6 +47,7 @@ def test_a_diffusion_run_writes_a_block_in_steps(runs, capsys):
 
 @pytest.mark.parametrize("args,says", [
     (["{tmp}"], "no results.json there; give the folder of a run that trained"),
+    (["{tmp}/broken"], "its results.json cannot be read (JSONDecodeError"),
     (["{run}", "--top-p", "0"], "--top-p=0.0 must be in (0, 1]"),
     (["{run}", "--max-new-tokens", "0"], "--max-new-tokens=0 must be >= 1"),
     (["{run}", "--prompt", ""], "needs a prompt of at least one token"),
@@ -55,11 +56,14 @@ def test_a_diffusion_run_writes_a_block_in_steps(runs, capsys):
 ])
 def test_bad_folders_and_settings_say_what_is_wrong(runs, tmp_path, capsys, args, says):
     argv = [a.format(tmp=tmp_path, run=runs["next_token"]) for a in args]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{broken")
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own refusals
         code = e.code
     assert code == 2 and says in capsys.readouterr().err
+    assert (tmp_path / "broken" / "results.json").read_text() == "{broken"  # someone's folder is left as it was
 
 
 def test_the_codec_round_trips_bytes_and_bpe_and_streams_whole_characters(tmp_path):
