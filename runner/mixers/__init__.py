@@ -86,8 +86,9 @@ def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: 
     ops (runner/ops/backends.py); ``causal=False``: every position sees the whole sequence (the quadratic mixers
     without their mask, the linear ones as two passes, runner/mixers/bidirectional.py)."""
     cls, _ = _load(spec.get("name"))
-    if not causal and noncausal_problem(spec):
-        raise ValueError(f"{noncausal_problem(spec)}: it cannot run non-causally")
+    why = None if causal else noncausal_problem(spec)
+    if why:
+        raise ValueError(f"{why}: it cannot run non-causally")
     cfg = make_config(spec, d_model, n_heads)
     mixer = cls(d_model, cfg, layer_idx=layer_idx, n_layers=n_layers)
     mixer.kernels = kernels

@@ -48,9 +48,6 @@ class Bidirectional(Mixer):
         bwd, _ = self.inner(x.flip(1), None, need_state=False)
         return (fwd + bwd.flip(1)) * 0.5, None
 
-    def step(self, x: torch.Tensor, state: Optional[State]):
-        return self.forward(x, state)
-
     def state_bytes(self, batch: int, n: int, dtype: torch.dtype = torch.float32) -> int:
         return 0  # no decode state: every call mixes the whole sequence
 
