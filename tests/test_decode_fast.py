@@ -15,6 +15,8 @@ VARIANTS = [(name, {}) for name in sorted(REGISTRY)] + [
     ("gated_deltanet", {"num_v_heads": 4, "use_gate": False}),
     ("gated_deltanet", {"use_short_conv": False, "expand_v": 2.0}),
     ("deltanet", {"use_gate": True, "conv_size": 1}),
+    ("gated_deltanet", {"allow_neg_eigval": True}),
+    ("deltanet", {"allow_neg_eigval": True}),
     ("softmax", {"window": 7, "num_kv_heads": 1}),
     ("softmax", {"rope_fraction": 0.5, "qk_norm": True, "bias": True}),
     ("softmax", {"rope": False}),

@@ -23,6 +23,8 @@ SPECS = [
     dict(name="gated_deltanet", mode="recurrent"),
     dict(name="deltanet"),
     dict(name="deltanet", use_gate=True, conv_size=3, chunk_size=8),
+    dict(name="gated_deltanet", allow_neg_eigval=True, chunk_size=16),
+    dict(name="deltanet", allow_neg_eigval=True),
 ]
 
 
@@ -65,11 +67,12 @@ def test_state_is_not_modified_and_need_state():
     assert none is None and torch.allclose(y, m(x)[0])
 
 
+@pytest.mark.parametrize("neg", [False, True], ids=["beta01", "allow_neg_eigval"])
 @pytest.mark.parametrize("name", ["gated_deltanet", "deltanet"])
-def test_gradients_finite_and_chunk_equals_recurrent(name):
+def test_gradients_finite_and_chunk_equals_recurrent(name, neg):
     torch.manual_seed(0)
-    m = make(dict(name=name, chunk_size=16)).float().train()
-    r = make(dict(name=name, mode="recurrent")).float().train()
+    m = make(dict(name=name, chunk_size=16, allow_neg_eigval=neg)).float().train()
+    r = make(dict(name=name, mode="recurrent", allow_neg_eigval=neg)).float().train()
     r.load_state_dict(m.state_dict())
     x = torch.randn(2, 40, 64)
     ys, grads = [], []
@@ -84,6 +87,31 @@ def test_gradients_finite_and_chunk_equals_recurrent(name):
         assert torch.isfinite(g).all(), k
         assert g.abs().sum() > 0, f"{k} gets no gradient"
         assert rel_rms(g, grads[1][k]) < 1e-4, k
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet"])
+def test_allow_neg_eigval_doubles_beta(name, monkeypatch):
+    """The op receives beta = 2 sigmoid(W_b x), reaching above 1 (an eigenvalue 1 - beta < 0), in the chunked and
+    the recurrent form; without the option sigmoid(W_b x) itself. Same parameters either way."""
+    import runner.mixers.gated_deltanet as mod
+
+    seen = []
+    rec = mod.recurrent_gated_delta_rule
+    monkeypatch.setattr(mod, "recurrent_gated_delta_rule", lambda *a, **kw: seen.append(a[4]) or rec(*a, **kw))
+    x = torch.randn(2, 6, 64, dtype=torch.float64)  # 6 tokens: the recurrent op (RECURRENT_MAX_T)
+    betas = {}
+    for neg in (False, True):
+        m = make(dict(name=name, allow_neg_eigval=neg))
+        with torch.no_grad():
+            m.b_proj.weight.mul_(20.0)  # push sigmoid(W_b x) towards 0 and 1
+            m(x)
+        betas[neg] = seen.pop()
+        b = torch.sigmoid(m.b_proj(x))
+        assert torch.allclose(betas[neg], 2 * b if neg else b)
+    assert betas[True].max() > 1.5 and betas[False].max() < 1.0
+    assert set(make(dict(name=name)).state_dict()) == set(make(dict(name=name, allow_neg_eigval=True)).state_dict())
+    with pytest.raises(ValueError, match="allow_neg_eigval"):
+        make_config(dict(name=name, allow_neg_eigval="yes"), d_model=64, n_heads=4)
 
 
 def test_flops_per_token():

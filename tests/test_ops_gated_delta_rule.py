@@ -13,14 +13,14 @@ from runner.ops.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_
 from tests.contract import rel_rms
 
 
-def _inputs(B, T, H, K, V, HV=None, dtype=torch.float64, g_scale=1.0, seed=0, state=True):
+def _inputs(B, T, H, K, V, HV=None, dtype=torch.float64, g_scale=1.0, seed=0, state=True, beta_max=1.0):
     gen = torch.Generator().manual_seed(seed)
     HV = HV or H
     q = torch.randn(B, T, H, K, generator=gen, dtype=dtype)
     k = F.normalize(torch.randn(B, T, H, K, generator=gen, dtype=dtype), dim=-1)
     v = torch.randn(B, T, HV, V, generator=gen, dtype=dtype)
     g = -g_scale * torch.rand(B, T, HV, generator=gen, dtype=dtype)  # log decay in [-g_scale, 0]
-    beta = torch.rand(B, T, HV, generator=gen, dtype=dtype)
+    beta = beta_max * torch.rand(B, T, HV, generator=gen, dtype=dtype)  # 2: allow_neg_eigval's range
     s0 = torch.randn(B, HV, K, V, generator=gen, dtype=dtype) if state else None
     return q, k, v, g, beta, s0
 
@@ -56,6 +56,36 @@ def test_chunk_equals_recurrent_fp64(T, g_scale):
     a = _run_with_grads(chunk_gated_delta_rule, *x)
     b = _run_with_grads(recurrent_gated_delta_rule, *x)
     _compare(a, b, 1e-11)
+
+
+@pytest.mark.parametrize("T,chunk_size", [(65, 64), (130, 16)])
+@pytest.mark.parametrize("g_scale", [1e-3, 1.0])
+def test_negative_eigenvalues_chunk_equals_recurrent(T, chunk_size, g_scale):
+    """beta in (0, 2) (allow_neg_eigval): the transition I - beta k k^T has eigenvalue 1 - beta < 0 along k; the
+    chunked form's (I + L)^-1 is still unit lower triangular, so it must match the recurrence as closely."""
+    x = _inputs(2, T, 2, 16, 8, g_scale=g_scale, beta_max=2.0)
+    assert x[4].max() > 1.9
+    a = _run_with_grads(chunk_gated_delta_rule, *x, chunk_size=chunk_size)
+    b = _run_with_grads(recurrent_gated_delta_rule, *x)
+    _compare(a, b, 1e-11)
+    q, k, v, _, beta, s0 = x  # the delta rule (DeltaNet) likewise
+    d = _run_with_grads(lambda q, k, v, g, beta, **kw: chunk_delta_rule(q, k, v, beta, chunk_size=chunk_size, **kw),
+                        q, k, v, torch.zeros_like(beta), beta, s0, allow_unused=True)
+    r = _run_with_grads(lambda q, k, v, g, beta, **kw: recurrent_delta_rule(q, k, v, beta, **kw),
+                        q, k, v, torch.zeros_like(beta), beta, s0, allow_unused=True)
+    _compare(d[:5] + d[6:], r[:5] + r[6:], 1e-11, NAMES[:5] + NAMES[6:])
+
+
+def test_negative_eigenvalue_flips_the_state_along_k():
+    """beta = 2, no decay, v = 0, k a unit vector: one step reflects the state, S_1 = (I - 2 k k^T) S_0, so
+    k^T S_1 = -k^T S_0 (the sign flip parity needs) and the rest of S_0 is kept."""
+    q, k, v, g, beta, s0 = _inputs(1, 1, 1, 8, 4)
+    _, S = recurrent_gated_delta_rule(q, k, torch.zeros_like(v), torch.zeros_like(g), torch.full_like(beta, 2.0),
+                                      initial_state=s0, output_final_state=True)
+    kk = k[0, 0, 0]
+    assert torch.allclose(kk @ S[0, 0], -(kk @ s0[0, 0]), atol=1e-12)
+    P = torch.eye(8, dtype=kk.dtype) - torch.outer(kk, kk)  # the part orthogonal to k
+    assert torch.allclose(P @ S[0, 0], P @ s0[0, 0], atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 16])
@@ -200,10 +230,11 @@ def _hf():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("T,HV", [(1, 2), (63, 2), (65, 4), (200, 2)])
-def test_against_transformers(dtype, T, HV):
+@pytest.mark.parametrize("T,HV,beta_max", [(1, 2, 1.0), (63, 2, 1.0), (65, 4, 1.0), (200, 2, 1.0), (130, 2, 2.0)])
+def test_against_transformers(dtype, T, HV, beta_max):
+    """beta_max 2: allow_neg_eigval's range (their functions take any beta)."""
     hf_chunk, hf_rec = _hf()
-    q, k, v, g, beta, s0 = _inputs(2, T, 2, 16, 8, HV=HV, dtype=dtype, seed=3)
+    q, k, v, g, beta, s0 = _inputs(2, T, 2, 16, 8, HV=HV, dtype=dtype, seed=3, beta_max=beta_max)
     q, k = 2 * q, 0.5 * k  # their in-kernel l2norm makes these unit again
     kw = dict(initial_state=s0, output_final_state=True, use_qk_l2norm_in_kernel=True)
     o, S = chunk_gated_delta_rule(q, k, v, g, beta, **kw)

@@ -11,8 +11,8 @@ flash-linear-attention's ``DeltaNet`` layer:
 It is Gated DeltaNet without the decay (g = 0), so it shares :class:`runner.mixers.gated_deltanet.GatedDeltaNet`'s
 code with no a/A_log/dt_bias parameters. Departures from the 2021 paper: the 2024 recipe (short conv, SiLU, L2-norm
 q/k, sigmoid beta, output norm) rather than the 2021 feature map and sum normalisation. Options as Gated
-DeltaNet's; ``num_v_heads`` (a multiple of num_heads, q/k heads shared by consecutive value heads) and
-``expand_v`` are kept for the shared vocabulary.
+DeltaNet's (``allow_neg_eigval``: beta in (0, 2), for state tracking); ``num_v_heads`` (a multiple of num_heads,
+q/k heads shared by consecutive value heads) and ``expand_v`` are kept for the shared vocabulary.
 
 State: ``{"conv": (B, 2*H*K + HV*Vh, conv_size - 1) in the input dtype (absent without short conv),
 "S": (B, HV, K, Vh) in float32 (float64 for float64 inputs)}``.
@@ -38,6 +38,7 @@ class DeltaNetConfig(MixerConfig):
     mode: str = "chunk"  # 'chunk' | 'recurrent'
     norm_eps: float = 1e-6
     keep_factors: bool = False  # chunked op keeps its intra-chunk factors for the backward (faster, ~3x memory)
+    allow_neg_eigval: bool = False  # beta = 2 sigmoid(W_b x) in (0, 2): I - beta k k^T may have eigenvalue < 0
 
     def validate(self):
         _validate_common(self)

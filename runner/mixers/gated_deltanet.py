@@ -21,7 +21,10 @@ flash-linear-attention), ``use_gate=False`` drops z and uses a plain RMSNorm, ``
 token-by-token op everywhere (otherwise the chunked op, and the recurrent op for pieces of at most
 ``RECURRENT_MAX_T`` tokens, i.e. decoding); ``keep_factors=True`` makes the chunked op keep its intra-chunk
 factors for the backward instead of recomputing them (runner/ops/gated_delta_rule.py: the op's fwd+bwd about
-1.13x faster for about three times its memory).
+1.13x faster for about three times its memory). ``allow_neg_eigval=True`` takes beta = 2 sigmoid(W_b x) in (0, 2),
+so the transition I - beta k k^T has the eigenvalue 1 - beta in (-1, 1) along k: negative eigenvalues let the layer
+track state such as parity, which it cannot with beta in (0, 1) (Grazzi et al., "Unlocking State-Tracking in Linear
+RNNs Through Negative Eigenvalues", ICLR 2025; flash-linear-attention's ``allow_neg_eigval``).
 
 State: ``{"conv": (B, 2*H*K + HV*Vh, conv_size - 1) in the input dtype (absent without short conv),
 "S": (B, HV, K, Vh) in float32 (float64 for float64 inputs)}``.
@@ -56,6 +59,7 @@ class GatedDeltaNetConfig(MixerConfig):
     mode: str = "chunk"  # 'chunk' | 'recurrent'
     norm_eps: float = 1e-6
     keep_factors: bool = False  # chunked op keeps its intra-chunk factors for the backward (faster, ~3x memory)
+    allow_neg_eigval: bool = False  # beta = 2 sigmoid(W_b x) in (0, 2): I - beta k k^T may have eigenvalue < 0
 
     def validate(self):
         _validate_common(self)
@@ -82,6 +86,8 @@ def _validate_common(cfg):
         raise ValueError(f"{name}: mode={cfg.mode!r} is not one of 'chunk', 'recurrent'")
     if not cfg.norm_eps > 0:
         raise ValueError(f"{name}: norm_eps={cfg.norm_eps} must be > 0")
+    if not isinstance(cfg.allow_neg_eigval, bool):
+        raise ValueError(f"{name}: allow_neg_eigval={cfg.allow_neg_eigval!r} must be true or false")
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -150,6 +156,8 @@ class GatedDeltaNet(Mixer):
         k = k.reshape(B, T, self.num_heads, self.head_dim)  # (B, T, H, K)
         v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)  # (B, T, HV, Vh)
         beta = torch.sigmoid(self.b_proj(x).to(cdt))  # (B, T, HV)
+        if cfg.allow_neg_eigval:
+            beta = beta * 2.0  # in (0, 2)
         g = self._decay(x) if self.gated_decay else torch.zeros_like(beta)  # (B, T, HV)
 
         S0 = None if state is None else state["S"]
@@ -221,7 +229,8 @@ class GatedDeltaNet(Mixer):
         if neg_A is not None:
             S = S * F.softplus(a).mul_(neg_A).exp_().view(B * HV, 1, 1)  # decayed: a new tensor, the input is kept
         v = qkv[:, 2 * kd:].reshape(B * HV, 1, Vh)
-        delta = torch.baddbmm(v, k, S, alpha=-1.0).mul_(torch.sigmoid(b).view(B * HV, 1, 1))  # beta (v - S^T k)
+        beta = torch.sigmoid(b).mul_(2.0) if self.cfg.allow_neg_eigval else torch.sigmoid(b)
+        delta = torch.baddbmm(v, k, S, alpha=-1.0).mul_(beta.view(B * HV, 1, 1))  # beta (v - S^T k)
         k = k.view(B * HV, K, 1)
         S = S.addcmul_(k, delta) if neg_A is not None else torch.addcmul(S, k, delta)  # + k delta^T
         o = torch.bmm(q, S).view(B, HV, Vh)  # S^T q
