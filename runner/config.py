@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "stdlib"  # stdlib | text | hf | mqar
+    name: str = "stdlib"  # stdlib | text | hf | mqar | state_tracking (runner/sources registers them)
     path: Optional[str] = None  # for name=text: a .txt file or a folder of text files
     val_fraction: float = 0.1  # by file for folders and stdlib, the tail of the bytes for one file
     max_bytes: int = 8_000_000  # cap on bytes read (0 = no cap), files taken in sorted order; hf: per training split
@@ -62,7 +62,8 @@ class DataConfig:
     streaming: bool = False  # read row by row up to max_bytes instead of downloading the whole dataset
     revision: Optional[str] = None  # a dataset revision (branch, tag or commit)
     hub_timeout_s: float = 3.0  # how long to wait for the Hub to answer before working from the cache only
-    # name=mqar: synthetic multi-query associative recall (runner/tasks/mqar.py)
+    # name=mqar: synthetic multi-query associative recall (runner/tasks/mqar.py); n_train, n_test, mix_lengths and
+    # seed also set the generated tasks (runner/tasks/synthetic.py), whose own settings are under options
     num_kv_pairs: List[int] = field(default_factory=lambda: [2, 4, 8])  # pairs per example, mixed in training
     test_num_kv_pairs: Optional[List[int]] = None  # pairs of the test sets; null = num_kv_pairs
     n_train: int = 100_000  # training examples
@@ -95,7 +96,7 @@ class TrainConfig:
 class EvalConfig:
     max_tokens: int = 131072  # validation tokens scored (in non-overlapping windows of seq_len)
     batch_size: int = 8
-    tasks: List[str] = field(default_factory=lambda: ["ppl"])  # ppl | extrapolation | positions | mqar
+    tasks: List[str] = field(default_factory=lambda: ["ppl"])  # ppl | extrapolation | positions | mqar | accuracy
     extrapolation_factors: List[int] = field(default_factory=lambda: [2, 4])  # lengths seq_len * factor
     position_buckets: int = 32  # positions task: buckets per seq_len
     options: Dict[str, Any] = field(default_factory=dict)  # task name -> its settings, for tasks registered beyond these

@@ -49,8 +49,14 @@ def machine_memory(device_type: str) -> tuple[Optional[int], str]:
 
 
 def vocab_size(cfg) -> int:
+    """The data's vocabulary, known before loading: the source's own (runner/sources) or the tokenizer's."""
+    from . import sources
+
     d = cfg.data
-    return int(d.vocab_size) if d.name == "mqar" or d.tokenizer == "bpe" else 256
+    own = getattr(sources.get(d.name), "vocab_size", None)
+    if own is not None:
+        return int(own(cfg))
+    return int(d.vocab_size) if d.tokenizer == "bpe" else 256
 
 
 def count_params(cfg, layer_types) -> int:

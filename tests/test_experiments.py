@@ -258,7 +258,11 @@ def test_placement_moves_two_full_layers_of_eight():
 
 ARCH = {"all_softmax": ({"softmax"}, "0:1"), "gated_deltanet_3_1": ({"gated_deltanet", "softmax"}, "3:1"),
         "linear_1_0": ({"linear"}, "1:0"), "qwen3_next": ({"gated_deltanet", "gated_attention"}, "3:1"),
-        "kimi_linear": ({"kda", "mla"}, "3:1"), "minimax_m1": ({"lightning", "softmax"}, "7:1")}
+        "kimi_linear": ({"kda", "mla"}, "3:1"), "minimax_m1": ({"lightning", "softmax"}, "7:1"),
+        "gated_deltanet_1_0": ({"gated_deltanet"}, "1:0"), "gated_deltanet_neg_1_0": ({"gated_deltanet"}, "1:0"),
+        "gated_deltanet_neg_3_1": ({"gated_deltanet", "softmax"}, "3:1"), "deltanet_1_0": ({"deltanet"}, "1:0"),
+        "deltanet_neg_1_0": ({"deltanet"}, "1:0"), "mamba2_1_0": ({"mamba2"}, "1:0")}
+NEG_EIGVAL = {"gated_deltanet_neg_1_0", "gated_deltanet_neg_3_1", "deltanet_neg_1_0"}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH))
@@ -267,9 +271,10 @@ def test_an_arch_preset_sets_the_mixers_and_the_ratio(arch):
     cfg = _compose([f"arch={arch}"])
     mixers, ratio = ARCH[arch]
     assert _mixers(cfg, validate(cfg)["layer_types"]) == mixers and cfg.ratio == ratio
+    assert bool(cfg.attention.get("allow_neg_eigval")) == (arch in NEG_EIGVAL)
     # the command line still wins over a preset; a preset wins over a study's own choice of mixers
     assert _compose([f"arch={arch}", "ratio=1:1"]).ratio == "1:1"
-    if arch != "linear_1_0":  # a preset without full layers leaves the study's choice of them
+    if not arch.endswith("_1_0"):  # a preset without full layers leaves the study's choice of them
         assert _compose([f"arch={arch}", "experiment=placement"]).full.name == cfg.full.name
 
 

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "extrapolation": "runner.evals.extrapolation",
     "positions": "runner.evals.positions",
     "mqar": "runner.tasks.mqar",
+    "accuracy": "runner.tasks.accuracy",
 }
 
 

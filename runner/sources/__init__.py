@@ -14,7 +14,10 @@ A source module defines:
   (x, y) training batches drawn from ``generator`` alone, so a saved generator state resumes them),
   ``val_windows(seq_len, max_tokens)`` (deterministic validation (x, y); y = -100 where not scored),
   ``unigram_counts()``, ``info()`` (the ``data`` section of results.json) and ``summary()`` (one console line);
-* optionally ``notes(c) -> list[str]``: advice printed before the run (not errors).
+* optionally ``notes(c) -> list[str]``: advice printed before the run (not errors), and ``vocab_size(c) -> int``:
+  the vocabulary known before loading (a synthetic task's; otherwise 256 bytes or ``data.vocab_size`` for BPE).
+
+The generated tasks (runner/tasks/synthetic.py) are sources built from a task class by four one-line functions.
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ REGISTRY: dict[str, str] = {
     "text": "runner.sources.text",
     "hf": "runner.sources.hf",
     "mqar": "runner.tasks.mqar",
+    "state_tracking": "runner.tasks.state_tracking",
+    "multihop": "runner.tasks.multihop",
+    "selective_copy": "runner.tasks.selective_copy",
+    "niah": "runner.tasks.niah",
 }
 
 

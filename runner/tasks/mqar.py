@@ -28,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ..scoring import IGNORE, per_position
+from .synthetic import ExampleSource
 
 GEN_VERSION = 1  # bump when the generator's output changes
 
@@ -167,11 +168,9 @@ def make_test_set(n_per_group: int, seq_len: int, num_kv_pairs: Sequence[int], v
     return s.take(torch.randperm(len(s), generator=g))
 
 
-class MQARData:
+class MQARData(ExampleSource):
     """The data source behind ``data=mqar``: the same interface as :class:`runner.data.Corpus` for training
     (``batches``, ``val_windows``, ``info``), with the test set used for validation and the mqar eval task."""
-
-    token_bytes = None  # synthetic tokens: "bits per byte" is bits per scored token
 
     def __init__(self, data_cfg, seq_len: int):
         d = data_cfg
@@ -192,24 +191,12 @@ class MQARData:
                             f"{int(d.n_test):,} test examples per count in {self.test_num_kv_pairs}, length {seq_len}, "
                             f"vocabulary {self.vocab_size}, alpha {d.alpha}, seed {d.seed}")
 
-    def batches(self, batch: int, seq_len: int, generator: torch.Generator) -> Iterator:
-        """Endless (x, y) batches of training examples drawn with ``generator``."""
-        n = len(self.train)
-        while True:
-            idx = torch.randint(0, n, (batch,), generator=generator)
-            yield self.train.x[idx].long(), self.train.y[idx].long()
-
     def val_windows(self, seq_len: int, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first test examples covering ``max_tokens`` positions (groups mixed)."""
         if seq_len != self.seq_len:
             raise ValueError(f"MQAR examples have length {self.seq_len}, not {seq_len}")
         rows = min(len(self.test), max(1, math.ceil(max_tokens / seq_len)))
         return self.test.x[:rows].long(), self.test.y[:rows].long()
-
-    def unigram_counts(self) -> torch.Tensor:
-        """Counts of the training answers (the only scored tokens)."""
-        ans = self.train.y[self.train.y != IGNORE].long()
-        return torch.bincount(ans, minlength=self.vocab_size)
 
     def info(self) -> dict:
         return {"source": self.description, "fingerprint": self.fingerprint, "vocab_size": self.vocab_size,
@@ -297,6 +284,10 @@ def load(d, seq_len: Optional[int] = None, log=None) -> MQARData:
     if seq_len is None:
         raise ValueError("data=mqar needs the sequence length (the top-level seq_len)")
     return MQARData(d, seq_len)
+
+
+def vocab_size(c) -> int:
+    return int(c.data.vocab_size)
 
 
 def notes(c) -> list[str]:

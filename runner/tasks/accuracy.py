@@ -1,0 +1,91 @@
+"""The evaluation task ``accuracy`` (``eval.tasks=[ppl,accuracy]``): greedy accuracy at the answers of a generated
+task's test sets (runner/tasks/synthetic.py), by test length, by each of the task's tags, and per example ("exact":
+every answer of the example right). The sweep report gives it per configuration over its seeds, with the 95%
+interval of the mean."""
+from __future__ import annotations
+
+from ..stats import interval
+from .synthetic import evaluate_task
+
+NEEDS = "answers"  # what the generated tasks' sources PROVIDE
+
+
+def task_problems(c) -> list[str]:
+    return []
+
+
+def run(ctx) -> dict:
+    return {"accuracy": evaluate_task(ctx.model, ctx.data, ctx.cfg.eval.batch_size, ctx.device)}
+
+
+def _row_text(r: dict) -> str:
+    return f"{r['length']}{'*' if r['beyond_training'] else ''} {r['accuracy']:.3f}"
+
+
+def describe(ev: dict) -> list[str]:
+    a = ev.get("accuracy")
+    if not isinstance(a, dict):
+        return []
+    per = ", ".join(_row_text(r) for r in a["by_length"])
+    return [f"  {a['task']}: answer accuracy by length {per} (* beyond the training length {a['train_length']}); "
+            f"exact {a['exact']:.3f}"]
+
+
+CSV = {"task_accuracy": lambda ev: (ev.get("accuracy") or {}).get("accuracy"),
+       "task_accuracy_longest": lambda ev: (ev.get("accuracy") or {}).get("accuracy_longest")}
+
+
+def _cell(values: list, fmt) -> str:
+    s = interval(values)
+    if not s["n"]:
+        return "-"
+    if s["half"] is None:
+        return f"{fmt(s['mean'], '.3f')} (1)"
+    return f"{fmt(s['mean'], '.3f')} ± {fmt(s['half'], '.3f')} ({s['n']})"
+
+
+def _groups(jobs: list) -> dict:
+    """{task: {config: {"job": first job, "rows": [by_length rows of each seed]}}} of the jobs that have it."""
+    out: dict = {}
+    for j in jobs:
+        a = (j["results"].get("eval") or {}).get("accuracy")
+        if not isinstance(a, dict) or not a.get("by_length"):
+            continue
+        g = out.setdefault(a["task"], {}).setdefault(j["config"], {"job": j, "runs": [], "train": a["train_length"]})
+        g["runs"].append({r["length"]: r for r in a["by_length"]})
+    return out
+
+
+def report_lines(jobs: list, table, fmt) -> list[str]:
+    """Per task: answer accuracy by test length (mean ± 95% interval half-width over the seeds, n), and for each
+    tag at the training length."""
+    lines = []
+    for task, configs in _groups(jobs).items():
+        lengths = sorted({L for g in configs.values() for run in g["runs"] for L in run})
+        train = max(g["train"] for g in configs.values())
+        lines += [f"## Task accuracy ({task})", "",
+                  f"Greedy accuracy at the answers of the held-out test examples, by example length (* beyond the "
+                  f"training length {train}); mean ± the 95% interval's half-width over the seeds (n). Intervals "
+                  f"that overlap: within noise.", ""]
+        rows = [[g["job"]["config"], g["job"]["layer_types"],
+                 *(_cell([run[L]["accuracy"] for run in g["runs"] if L in run], fmt) for L in lengths)]
+                for g in configs.values()]
+        lines += table(["config", "layers", *(f"{L}{'*' if L > train else ''}" for L in lengths)], rows) + [""]
+        tags = sorted({t for g in configs.values() for run in g["runs"] for r in run.values() for t in r["by"]})
+        for tag in tags:
+            keys, cells = [], {}
+            for name, g in configs.items():
+                for run in g["runs"]:
+                    for L, r in run.items():
+                        for b in r["by"].get(tag, []):
+                            key = b["value"] if "value" in b else (b["min"], b["max"])
+                            if key not in keys:
+                                keys.append(key)
+                            cells.setdefault((name, L, key), []).append(b["accuracy"])
+            keys.sort(key=lambda k: k if isinstance(k, tuple) else (k,))
+            label = lambda k: f"{k[0]}-{k[1]}" if isinstance(k, tuple) else str(k)
+            lines += [f"By {tag} ({task}), at each test length:", ""]
+            rows = [[g["job"]["config"], str(L), *(_cell(cells.get((name, L, k), []), fmt) for k in keys)]
+                    for name, g in configs.items() for L in lengths]
+            lines += table(["config", "length", *(f"{tag} {label(k)}" for k in keys)], rows) + [""]
+    return lines
