@@ -358,6 +358,9 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
         row = {"step": step, "eval_loss": ev["loss"], "eval_bpb": ev["bpb"]}
         if "mqar" in ev:
             row["eval_mqar_accuracy"] = ev["mqar"]["accuracy"]
+        if "accuracy" in ev:
+            row["eval_task_accuracy"] = ev["accuracy"]["accuracy"]
+            row["eval_task_accuracy_longest"] = ev["accuracy"]["accuracy_longest"]
         tracker.log(row, replaces="eval_loss")
         for line in describe_eval(ev):
             console.print(line)

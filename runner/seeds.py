@@ -16,13 +16,17 @@ METRICS = (
     ("eval_loss", "eval loss", "nats/token", lambda v: f"{v:.4f}", True),
     ("bpb", "bpb", "bits/byte", lambda v: f"{v:.4f}", True),
     ("mqar_accuracy", "MQAR accuracy", "", lambda v: f"{v:.3f}", False),
+    ("task_accuracy", "task accuracy", "", lambda v: f"{v:.3f}", False),
+    ("task_accuracy_longest", "task accuracy, longest test", "", lambda v: f"{v:.3f}", False),
     ("val_loss_at_budget", "val loss at FLOP budget", "nats/token", lambda v: f"{v:.4f}", True),
     ("final_loss", "final train loss", "nats/token", lambda v: f"{v:.4f}", True),
     ("train_tokens_per_s", "train tok/s", "tokens/s", lambda v: f"{v:,.0f}", False),
     ("decode_ms_per_token", "decode ms/tok", "ms/token", lambda v: f"{v:.3f}", True),
     ("train_peak_bytes", "train peak", "bytes", fmt_bytes, True),
 )
-WORDED = ("eval_loss", "bpb", "mqar_accuracy", "val_loss_at_budget", "train_tokens_per_s")  # the differences the report says in words
+# the differences the report says in words
+WORDED = ("eval_loss", "bpb", "mqar_accuracy", "task_accuracy", "task_accuracy_longest", "val_loss_at_budget",
+          "train_tokens_per_s")
 
 
 def groups(jobs: list[dict]) -> list[dict]:
