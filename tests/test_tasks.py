@@ -254,6 +254,7 @@ def test_log2_buckets_and_the_report_section():
     lines = accuracy.report_lines(jobs, table, fmt)
     assert lines[0] == "## Task accuracy (state_tracking)"
     assert "config|layers|8|16*|32*" in lines
+    assert "config|length|position 1|position 2-3|position 4-7|position 8-15|position 16-31|position 32-63" in lines
     row = next(line for line in lines if line.startswith("gdn|LLLL|"))
     assert row.startswith("gdn|LLLL|0.375 ± 0.000 (3)")  # three identical seeds: a zero-width interval
     assert not any(line.startswith("sm|") for line in lines)  # a job without the task has no row

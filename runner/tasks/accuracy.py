@@ -83,7 +83,7 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
                                 keys.append(key)
                             cells.setdefault((name, L, key), []).append(b["accuracy"])
             keys.sort(key=lambda k: k if isinstance(k, tuple) else (k,))
-            label = lambda k: f"{k[0]}-{k[1]}" if isinstance(k, tuple) else str(k)
+            label = lambda k: (str(k[0]) if k[0] == k[1] else f"{k[0]}-{k[1]}") if isinstance(k, tuple) else str(k)
             lines += [f"By {tag} ({task}), at each test length:", ""]
             rows = [[g["job"]["config"], str(L), *(_cell(cells.get((name, L, k), []), fmt) for k in keys)]
                     for name, g in configs.items() for L in lengths]
