@@ -178,14 +178,21 @@ class NullTracker(Tracker):
 
 
 def config_label(config: dict) -> str:
-    """What the seeds of one configuration share: mixers, layout, model size, seq_len (at most 64 characters, W&B's
-    limit for a job type)."""
+    """What the seeds of one configuration share: mixers (``neg`` for negative eigenvalues), layout, model size,
+    seq_len, the objective and the data when not the defaults, with a generated task's option values (at most 64
+    characters, W&B's limit for a job type)."""
     att, full = (config.get("attention") or {}).get("name"), (config.get("full") or {}).get("name")
+    if (config.get("attention") or {}).get("allow_neg_eigval"):
+        att = f"{att}-neg"
     layout = config.get("pattern") or config.get("ratio")
     label = f"{att}+{full} {layout} {(config.get('model') or {}).get('name')} T={config.get('seq_len')}"
     obj = (config.get("objective") or {}).get("name")
     if obj and obj != "next_token":
         label += f" {obj}"
+    data = config.get("data") or {}
+    if data.get("name") not in (None, "stdlib"):
+        opts = [str(v) for v in (data.get("options") or {}).values() if v is not None and not isinstance(v, list)]
+        label += " " + ":".join([str(data["name"]), *opts])
     return label[:64]
 
 

@@ -313,3 +313,19 @@ def test_tiny_task_run_through_the_cli(tmp_path, task, extra, seq_len):
     assert all(0 <= row["accuracy"] <= 1 and row["examples"] == 10 for row in a["by_length"])
     assert f"{task}: answer accuracy by length" in p.stdout
     assert r["data"]["tokenizer"] == task
+
+
+def test_wandb_job_type_tells_the_task_and_negative_eigenvalues_apart():
+    """W&B groups a configuration's seeds by its job type: the group of a word problem and the eigenvalue range
+    must be part of it, or the state-tracking study's charts would merge different models."""
+    from runner.track import config_label
+
+    base = {"attention": {"name": "gated_deltanet"}, "full": {"name": "softmax"}, "ratio": "1:0",
+            "model": {"name": "tiny"}, "seq_len": 32, "data": {"name": "state_tracking",
+                                                              "options": {"group": "parity", "test_lengths": None}}}
+    neg = {**base, "attention": {"name": "gated_deltanet", "allow_neg_eigval": True}}
+    s5 = {**base, "data": {"name": "state_tracking", "options": {"group": "s5"}}}
+    labels = {config_label(c) for c in (base, neg, s5)}
+    assert len(labels) == 3 and all(len(x) <= 64 for x in labels)
+    assert config_label(base) == "gated_deltanet+softmax 1:0 tiny T=32 state_tracking:parity"
+    assert config_label({**base, "data": {"name": "stdlib"}}) == "gated_deltanet+softmax 1:0 tiny T=32"
