@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "stdlib"  # stdlib | text | hf | mqar | state_tracking (runner/sources registers them)
+    name: str = "stdlib"  # stdlib | text | hf | mqar | state_tracking | multihop | selective_copy | niah
     path: Optional[str] = None  # for name=text: a .txt file or a folder of text files
     val_fraction: float = 0.1  # by file for folders and stdlib, the tail of the bytes for one file
     max_bytes: int = 8_000_000  # cap on bytes read (0 = no cap), files taken in sorted order; hf: per training split

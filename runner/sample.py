@@ -86,6 +86,10 @@ def main(argv=None) -> int:
         data = res.get("data") or {}
         if "vocab_size" not in data:
             raise NoTrainedRun(f"{a.run_dir}: its results.json records no data section (vocab_size); rerun it")
+        if data.get("tokenizer", "bytes") not in ("bytes", "bpe"):
+            raise NoTrainedRun(f"{a.run_dir} trained on a synthetic task (its tokens are {data.get('tokenizer')!r} "
+                               f"ids, not text): nothing to sample; its evaluation is eval.tasks=[ppl,accuracy] "
+                               f"(or [ppl,mqar])")
         codec = Codec(data)
         model = run_model(res, ckpt, data["vocab_size"], torch.device(a.device))
     except ActionableError as e:  # no results, no checkpoint, a damaged one, an unreadable tokenizer

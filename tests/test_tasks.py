@@ -301,7 +301,7 @@ def test_vocabulary_is_known_before_loading(compose):
     ("selective_copy", ["data.options.tokens=4"], 32),
     ("niah", ["data.max_bytes=1000000"], 64),
 ])
-def test_tiny_task_run_through_the_cli(tmp_path, task, extra, seq_len):
+def test_tiny_task_run_through_the_cli(tmp_path, capsys, task, extra, seq_len):
     out = tmp_path / task
     p = run_cli(f"data={task}", *extra, "model=tiny", "attention=gated_deltanet", "ratio=1:0", f"seq_len={seq_len}",
                 "data.n_train=200", "data.n_test=10", "train.steps=3", "train.batch_size=4", "train.eval_every=2",
@@ -313,6 +313,10 @@ def test_tiny_task_run_through_the_cli(tmp_path, task, extra, seq_len):
     assert all(0 <= row["accuracy"] <= 1 and row["examples"] == 10 for row in a["by_length"])
     assert f"{task}: answer accuracy by length" in p.stdout
     assert r["data"]["tokenizer"] == task
+    from runner.sample import main as sample
+
+    assert sample([str(out), "--max-new-tokens", "4"]) == 2  # synthetic ids are not text: refused, not a traceback
+    assert "trained on a synthetic task" in capsys.readouterr().err
 
 
 def test_wandb_job_type_tells_the_task_and_negative_eigenvalues_apart():
