@@ -257,6 +257,8 @@ def test_log2_buckets_and_the_report_section():
     assert "config|length|position 1|position 2-3|position 4-7|position 8-15|position 16-31|position 32-63" in lines
     row = next(line for line in lines if line.startswith("gdn|LLLL|"))
     assert row.startswith("gdn|LLLL|0.375 ± 0.000 (3)")  # three identical seeds: a zero-width interval
+    exact = lines[lines.index("Per example (every answer of the example right):"):]
+    assert next(line for line in exact if line.startswith("gdn|LLLL|")).startswith("gdn|LLLL|0.000 ± 0.000 (3)")
     assert not any(line.startswith("sm|") for line in lines)  # a job without the task has no row
     assert accuracy.describe({"accuracy": ev})[0].startswith("  state_tracking: answer accuracy by length 8 0.375")
 

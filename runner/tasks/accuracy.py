@@ -67,10 +67,12 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
                   f"Greedy accuracy at the answers of the held-out test examples, by example length (* beyond the "
                   f"training length {train}); mean ± the 95% interval's half-width over the seeds (n). Intervals "
                   f"that overlap: within noise.", ""]
-        rows = [[g["job"]["config"], g["job"]["layer_types"],
-                 *(_cell([run[L]["accuracy"] for run in g["runs"] if L in run], fmt) for L in lengths)]
-                for g in configs.values()]
-        lines += table(["config", "layers", *(f"{L}{'*' if L > train else ''}" for L in lengths)], rows) + [""]
+        head = ["config", "layers", *(f"{L}{'*' if L > train else ''}" for L in lengths)]
+        for key, words in (("accuracy", None), ("exact", "Per example (every answer of the example right):")):
+            rows = [[g["job"]["config"], g["job"]["layer_types"],
+                     *(_cell([run[L][key] for run in g["runs"] if L in run], fmt) for L in lengths)]
+                    for g in configs.values()]
+            lines += ([words, ""] if words else []) + table(head, rows) + [""]
         tags = sorted({t for g in configs.values() for run in g["runs"] for r in run.values() for t in r["by"]})
         for tag in tags:
             keys, cells = [], {}
