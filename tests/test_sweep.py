@@ -75,7 +75,7 @@ def test_failed_jobs_are_recorded_and_the_sweep_completes(tmp_path):
     # W&B: one offline run per started job, grouped by the sweep folder; the failed one says so
     run_ok, run_failed = read_offline_run(str(sweep / ok_dir)), read_offline_run(str(sweep / failed_dir))
     assert run_ok["group"] == run_failed["group"] == "sweep"
-    assert run_ok["job_type"] == "softmax+gated_attention 3:1 tiny T=32"  # the configuration without the seed
+    assert run_ok["job_type"] == "softmax+gated_attention 3:1 tiny T=32 text"  # the configuration without the seed
     assert run_ok["summary"]["status"] == "completed"
     assert run_failed["summary"]["status"] == "failed" and "too few" in run_failed["summary"]["error"]
     for tag in ("attention=softmax", "ratio=3:1", "model=tiny", "seq_len=32"):
