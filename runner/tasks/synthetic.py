@@ -206,6 +206,7 @@ class TaskData(ExampleSource):
         parts = [task.generate(n, L, g, "train").padded(seq_len, task.pad)
                  for L, n in zip(lengths, _shares(int(d.n_train), len(lengths))) if n]
         self.train = Examples.cat(parts)
+        self.train.tags = {}  # only the test sets are broken down by tag: no need to hold them for training
         seen = _row_keys(self.train)
         g = torch.Generator().manual_seed(2 * int(d.seed) + 1)
         self.tests: dict[int, Examples] = {}
