@@ -23,8 +23,9 @@ token-by-token op everywhere (otherwise the chunked op, and the recurrent op for
 factors for the backward instead of recomputing them (runner/ops/gated_delta_rule.py: the op's fwd+bwd about
 1.13x faster for about three times its memory). ``allow_neg_eigval=True`` takes beta = 2 sigmoid(W_b x) in (0, 2),
 so the transition I - beta k k^T has the eigenvalue 1 - beta in (-1, 1) along k: negative eigenvalues let the layer
-track state such as parity, which it cannot with beta in (0, 1) (Grazzi et al., "Unlocking State-Tracking in Linear
-RNNs Through Negative Eigenvalues", ICLR 2025; flash-linear-attention's ``allow_neg_eigval``).
+track state such as parity at every length, which it cannot with beta in (0, 1) (Grazzi et al., "Unlocking
+State-Tracking in Linear RNNs Through Negative Eigenvalues", ICLR 2025; flash-linear-attention's
+``allow_neg_eigval``; experiment=state_tracking).
 
 State: ``{"conv": (B, 2*H*K + HV*Vh, conv_size - 1) in the input dtype (absent without short conv),
 "S": (B, HV, K, Vh) in float32 (float64 for float64 inputs)}``.
