@@ -273,6 +273,7 @@ def test_log2_buckets_and_the_report_section():
     (["data=multihop", "seq_len=16"], "seq_len=16: data=multihop with these settings needs examples of at least 32"),
     (["data=multihop", "data.options.hops=[0,2]"], "data.options.hops=[0, 2] must be a non-empty list"),
     (["data=multihop", "data.options.nodes=8"], "need at least 16"),
+    (["data=multihop", "data.options.hops=[]", "data.options.test_lengths=[64]"], "must be a non-empty list"),
     (["data=selective_copy", "seq_len=20"], "needs examples of at least 32"),
     (["data=niah", "data.options.haystack=poems"], "data.options.haystack='poems' is not a haystack"),
     (["data=niah", "data.options.test_depths=[1.5]"], "depths in [0, 1]"),

@@ -154,10 +154,15 @@ class Task:
             if not ok:
                 out.append(f"data.options.test_lengths={given} must be null (the task's default) or a non-empty "
                            f"list of whole numbers, e.g. [{self.seq_len}, {2 * self.seq_len}]")
-            elif min(given) < self.min_length():
-                out.append(f"data.options.test_lengths={list(given)}: data={self.name} with these settings needs "
-                           f"examples of at least {self.min_length()} tokens")
         return out
+
+    def length_problems(self) -> list[str]:
+        """Test lengths shorter than the settings allow (asked once the other options are sound)."""
+        given = self.options.get("test_lengths")
+        if given and min(given) < self.min_length():
+            return [f"data.options.test_lengths={list(given)}: data={self.name} with these settings needs examples "
+                    f"of at least {self.min_length()} tokens"]
+        return []
 
 
 def whole(out: list, key: str, v, lo: int, hi: int, eg, why: str = "") -> bool:
@@ -314,6 +319,8 @@ def source_problems(cls, c) -> list[str]:
     out += task.option_problems()
     if not out:
         out += task.problems()
+    if not out:
+        out += task.length_problems()
     if not out and c.seq_len < task.min_length():
         out.append(f"seq_len={c.seq_len}: data={cls.name} with these settings needs examples of at least "
                    f"{task.min_length()} tokens; use seq_len >= {task.min_length()}")
