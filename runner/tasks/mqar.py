@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..scoring import IGNORE, per_position
-from .synthetic import ExampleSource
+from .synthetic import ExampleSource, power_of_two_edges, whole
 
 GEN_VERSION = 1  # bump when the generator's output changes
 
@@ -210,14 +210,6 @@ class MQARData(ExampleSource):
                 f"({int((self.train.y != IGNORE).sum()):,} scored training answers)")
 
 
-def distance_edges(max_distance: int) -> list[int]:
-    """Power-of-two bucket edges 1, 2, 4, ... covering distances up to ``max_distance``."""
-    edges = [1]
-    while edges[-1] <= max_distance:
-        edges.append(edges[-1] * 2)
-    return edges
-
-
 @torch.no_grad()
 def evaluate_mqar(model, test: MQARSet, batch_size: int, device: torch.device) -> dict:
     """Accuracy (arg-max over the whole vocabulary equals the value) at every query, overall, by number of pairs
@@ -234,7 +226,7 @@ def evaluate_mqar(model, test: MQARSet, batch_size: int, device: torch.device) -
         m = kv == k
         row = {"num_kv_pairs": k, "accuracy": float(ok[m].mean()), "queries": int(m.sum()), "by_distance": []}
         out["by_num_kv_pairs"].append(row)
-    edges = distance_edges(int(dist.max()) if dist.numel() else 1)
+    edges = power_of_two_edges(int(dist.max()) if dist.numel() else 1)
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (dist >= lo) & (dist < hi)
         if m.any():
@@ -257,11 +249,7 @@ def source_problems(c) -> list[str]:
 
     d, out = c.data, []
 
-    def whole(key, v, lo, hi, eg, why=""):
-        if not (isinstance(v, int) and lo <= v <= hi):
-            out.append(f"{key}={v} must be a whole number in [{lo}, {hi}]{why}, e.g. {eg}")
-
-    whole("data.vocab_size", d.vocab_size, 4, 1_000_000, "8192", " (the MQAR token vocabulary)")
+    whole(out, "data.vocab_size", d.vocab_size, 4, 1_000_000, "8192", " (the MQAR token vocabulary)")
     if not d.num_kv_pairs:
         out.append("data.num_kv_pairs must be a non-empty list, e.g. [2, 4, 8]")
     if d.test_num_kv_pairs is not None and not d.test_num_kv_pairs:
@@ -271,12 +259,12 @@ def source_problems(c) -> list[str]:
             why = check(c.seq_len, kv, d.vocab_size) if isinstance(c.seq_len, int) and c.seq_len >= 1 else None
             if why is not None:
                 out.append(f"data.{key}={list(kvs)} with data.vocab_size={d.vocab_size}, seq_len={c.seq_len}: {why}")
-    whole("data.n_train", d.n_train, 1, 1 << 28, "100000")
-    whole("data.n_test", d.n_test, 1, 1 << 24, "1000")
+    whole(out, "data.n_train", d.n_train, 1, 1 << 28, "100000")
+    whole(out, "data.n_test", d.n_test, 1, 1 << 24, "1000")
     if not (isinstance(d.alpha, (int, float)) and _m.isfinite(d.alpha) and d.alpha > 0):
         out.append(f"data.alpha={d.alpha} must be > 0 (Zoology: 0.01)")
-    whole("data.seed", d.seed, 0, (2**32 - 2) // 2, "0", " (training examples come from 2*seed, test examples from "
-                                                           "2*seed+1)")
+    whole(out, "data.seed", d.seed, 0, (2**32 - 2) // 2, "0",
+          " (training examples come from 2*seed, test examples from 2*seed+1)")
     return out
 
 

@@ -177,8 +177,9 @@ def _shares(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def _row_keys(e: Examples) -> set:
-    return {bytes(e.x[i, :int(e.length[i])].numpy().tobytes()) for i in range(len(e))}
+def _row_key(e: Examples, i: int) -> bytes:
+    """Example i's tokens before its padding, as a hashable key."""
+    return bytes(e.x[i, :int(e.length[i])].numpy().tobytes())
 
 
 class ExampleSource:
@@ -212,13 +213,13 @@ class TaskData(ExampleSource):
                  for L, n in zip(lengths, _shares(int(d.n_train), len(lengths))) if n]
         self.train = Examples.cat(parts)
         self.train.tags = {}  # only the test sets are broken down by tag: no need to hold them for training
-        seen = _row_keys(self.train)
+        seen = {_row_key(self.train, i) for i in range(len(self.train))}
         g = torch.Generator().manual_seed(2 * int(d.seed) + 1)
         self.tests: dict[int, Examples] = {}
         self.dropped: dict[int, int] = {}
         for L in task.test_lengths():
             t = task.generate(int(d.n_test), L, g, "test")
-            keep = torch.tensor([bytes(t.x[i].numpy().tobytes()) not in seen for i in range(len(t))], dtype=torch.bool)
+            keep = torch.tensor([_row_key(t, i) not in seen for i in range(len(t))], dtype=torch.bool)
             self.dropped[L] = int((~keep).sum())
             self.tests[L] = t.take(keep.nonzero().flatten())
         h = hashlib.sha256(f"{task.name}-v{GEN_VERSION}".encode())
@@ -255,6 +256,14 @@ class TaskData(ExampleSource):
 # ------------------------------------------------------------------------------------------- the evaluation
 
 
+def power_of_two_edges(max_value: int) -> list[int]:
+    """Power-of-two bucket edges 1, 2, 4, ... covering values up to ``max_value`` (a bucket is [edge, next))."""
+    edges = [1]
+    while edges[-1] <= max_value:
+        edges.append(edges[-1] * 2)
+    return edges
+
+
 def _buckets(values: torch.Tensor, ok: torch.Tensor, kind: str) -> list[dict]:
     out = []
     if not values.numel():
@@ -264,12 +273,11 @@ def _buckets(values: torch.Tensor, ok: torch.Tensor, kind: str) -> list[dict]:
             m = values == v
             out.append({"value": v, "accuracy": float(ok[m].mean()), "answers": int(m.sum())})
         return out
-    lo = 1
-    while lo <= int(values.max()):
-        m = (values >= lo) & (values < 2 * lo)
+    edges = power_of_two_edges(int(values.max()))
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (values >= lo) & (values < hi)
         if m.any():
-            out.append({"min": lo, "max": 2 * lo - 1, "accuracy": float(ok[m].mean()), "answers": int(m.sum())})
-        lo *= 2
+            out.append({"min": lo, "max": hi - 1, "accuracy": float(ok[m].mean()), "answers": int(m.sum())})
     return out
 
 
@@ -313,8 +321,6 @@ def source_problems(cls, c) -> list[str]:
                                                                   "examples from 2*seed+1)")
     if not isinstance(c.seq_len, int) or c.seq_len < 1:
         return out  # the schema's own check says what is wrong with seq_len
-    if not isinstance(d.options, dict) and not hasattr(d.options, "items"):
-        return out + [f"data.options={d.options!r} must be a mapping of data={cls.name}'s options"]
     task = cls(d.options, c.seq_len)
     out += task.option_problems()
     if not out:
