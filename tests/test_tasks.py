@@ -189,6 +189,10 @@ def test_niah_haystack_comes_from_the_corpus_splits():
             run = bytes(first[:next(j for j, v in enumerate(first) if v >= 256)])
             if len(run) >= 20:
                 assert run in blob  # a real stretch of that split's text
+    short = niah.NeedleInAHaystack({}, 128)
+    short.text = {"train": corpus.train, "test": corpus.val[:40]}  # a test haystack at 128 needs 128 - 19 bytes
+    assert "validation split has 40 bytes, fewer than the 109 of one haystack at length 128" in short.text_problem(True)
+    assert t.text_problem(True) is None
     data = niah.load(_data_cfg(name="niah", n_train=50, n_test=10), 128)
     assert list(data.tests) == [32, 64, 128] and data.vocab_size == 259
 

@@ -25,6 +25,7 @@ import torch
 
 from . import synthetic
 from .. import sources
+from ..corpus import DataSettingError
 from ..scoring import IGNORE
 from .synthetic import Examples, Task, TaskData, as_examples, whole
 
@@ -57,6 +58,22 @@ class NeedleInAHaystack(Task):
             return sorted({int(v) for v in given})
         T = self.seq_len
         return sorted({L for L in (T // 4, T // 2, T) if L >= self.min_length()} or {T})
+
+    def haystack_bytes(self, length: int) -> int:
+        """Haystack bytes in an example of ``length`` tokens (the rest are the needles and the query)."""
+        return length - int(self.options["needles"]) * self.needle_length() - (self.needle_length() - 1)
+
+    def text_problem(self, mix: bool) -> Optional[str]:
+        """Why the attached text cannot fill the longest haystack of either split, or None."""
+        for split, lengths, key in (("train", self.train_lengths(mix), "training"),
+                                    ("test", self.test_lengths(), "validation")):
+            need = self.haystack_bytes(max(lengths))
+            if self.text[split].numel() < need:
+                return (f"data=niah: the haystack's {key} split has {self.text[split].numel():,} bytes, fewer than "
+                        f"the {need:,} of one haystack at length {max(lengths)}; give more text (data.path, "
+                        f"data.max_bytes, data.val_fraction) or shorter examples (seq_len, "
+                        f"data.options.test_lengths)")
+        return None
 
     def needle_length(self) -> int:
         return int(self.options["key_length"]) + int(self.options["value_length"]) + 2
@@ -93,9 +110,6 @@ class NeedleInAHaystack(Task):
             return letters[torch.randint(0, len(letters), (n, H), generator=g)]
         src = torch.tensor(list(FILLER * (H // len(FILLER) + 2)), dtype=torch.long) if kind == "repeat" else \
             self.text[split].long()
-        if src.numel() < H:
-            raise ValueError(f"the {split} split's text has {src.numel():,} bytes, fewer than a haystack of {H:,}; "
-                             f"use a larger corpus (data.max_bytes) or shorter examples")
         span = len(FILLER) if kind == "repeat" else src.numel() - H + 1
         start = torch.randint(0, span, (n,), generator=g)
         return src[start[:, None] + torch.arange(H)]
@@ -104,7 +118,7 @@ class NeedleInAHaystack(Task):
         o = self.options
         K, V, N = int(o["key_length"]), int(o["value_length"]), int(o["needles"])
         nl = self.needle_length()
-        H = length - N * nl - (nl - 1)  # haystack bytes
+        H = self.haystack_bytes(length)
         hay = self._haystack(n, H, g, split)
         keys = torch.randint(ord("a"), ord("z") + 1, (n, N, K), generator=g)
         for _ in range(100):  # distinct keys within an example (redraw the rare clashes)
@@ -169,6 +183,9 @@ def load(d, seq_len: Optional[int] = None, log=None):
     if h in ("stdlib", "text", "hf"):
         corpus = sources.get(h).load(d, seq_len, log) if log is not None else sources.get(h).load(d, seq_len)
         task.text = {"train": corpus.train, "test": corpus.val}
+        why = task.text_problem(bool(d.mix_lengths))
+        if why:
+            raise DataSettingError(why)
     return TaskData(task, d, seq_len)
 
 
