@@ -6,6 +6,9 @@ seq_len, seed, data, train, precision).
 
 :func:`plan` decides, before any work, what an attempt's stages run on:
 
+It is read with ``torch.load(weights_only=True)``: tensors and plain values only, so opening a checkpoint from a shared
+run folder never runs code from it (a file holding other objects is refused with what to do).
+
 * with ``train`` in the stages: the folder's checkpoint is resumed when its identity matches the command (else the
   command is refused, naming each differing setting), a finished one is not trained again, and a folder without one
   trains from step 0;
@@ -73,7 +76,11 @@ def load(path: str, map_location="cpu") -> dict:
     import torch
 
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain values only; a file that needs other Python objects is refused unread,
+        # since unpickling them would run code from a folder someone may have shared
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a checkpoint's dict")
         missing = [k for k in ("model", "optimizer", "step", "identity") if k not in state]
         if missing:
             raise KeyError(f"no {', '.join(missing)} in it")
@@ -91,6 +98,12 @@ def load(path: str, map_location="cpu") -> dict:
 
         if isinstance(e, OSError) and explain(e) is not None:
             raise explain(e) from None
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise CorruptCheckpoint(
+                f"the checkpoint {path} holds Python objects other than tensors and plain values, so it is not a "
+                f"checkpoint of this runner and it was not loaded (unpickling such objects could run code from it). "
+                f"Use the run's own checkpoint; to train this run again from step 0, move it away (mv {path} "
+                f"{path}.foreign) and rerun; or choose another run folder (hydra.run.dir=...)") from None
         first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise CorruptCheckpoint(
             f"the checkpoint {path} cannot be read ({type(e).__name__}: {first}): it is damaged (a disk that filled "

@@ -47,8 +47,8 @@ def test_torchrun_two_processes_match_single_process(tmp_path, single_run, paral
     assert abs(r["eval"]["loss"] - json.loads((single_run / "results.json").read_text())["eval"]["loss"]) < 1e-4
     import torch
 
-    mine = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    ref = torch.load(single_run / "checkpoints" / "last.pt", weights_only=False)
+    mine = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ref = torch.load(single_run / "checkpoints" / "last.pt", weights_only=True)
     assert mine["model"].keys() == ref["model"].keys() and mine["step"] == ref["step"] == 8
     for key, t in ref["model"].items():
         assert not hasattr(mine["model"][key], "placements"), f"{key} was saved sharded"

@@ -51,7 +51,7 @@ def _wait(pred, proc, timeout=180, what="the condition"):
 
 
 def _ckpt_step(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"]
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"]
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +280,45 @@ def test_a_checkpoint_from_before_the_objective_and_options_settings_still_resum
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
     path = run_dir / "checkpoints" / "last.pt"
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     del state["identity"]["objective"], state["identity"]["data"]["options"]
     torch.save(state, path)
     p = run_cli(*RUN, "stages=[eval]", f"hydra.run.dir={run_dir}")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert _record(run_dir)["eval"]["loss"] == _record(reference)["eval"]["loss"]
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickled object whose loading creates a file: what a hostile 'checkpoint' could do with any code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_holding_other_python_objects_is_refused_unread(tmp_path):
+    """Checkpoints are read with weights_only=True: a file that would run code when unpickled is refused with what
+    to do, and its code never runs; a real checkpoint of ours (tensors, optimizer state, RNG states, the identity's
+    plain values) loads."""
+    from runner import checkpoint
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "last.pt"
+    torch.save({"model": {}, "optimizer": {}, "step": 1, "identity": {}, "x": _RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(checkpoint.CorruptCheckpoint) as e:
+        checkpoint.load(str(path))
+    assert not marker.exists()
+    assert "holds Python objects other than tensors" in str(e.value) and f"mv {path} {path}.foreign" in str(e.value)
+    torch.save([1, 2], path)  # plain values, but not a checkpoint
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="it holds a list, not a checkpoint's dict"):
+        checkpoint.load(str(path))
+
+
+def test_our_own_checkpoint_loads_with_weights_only(reference):
+    from runner import checkpoint
+
+    state = checkpoint.load(str(reference / "checkpoints" / "last.pt"))
+    assert state["step"] == 40 and state["identity"]["model"]["name"] == "tiny"
+    assert isinstance(state["data_rng"], torch.Tensor) and state["optimizer"]["state"]

@@ -34,7 +34,7 @@ def _wait_for_checkpoint(run_dir, proc, min_step=5, timeout=120):
         assert proc.poll() is None, "the run ended before it could be interrupted"
         if os.path.exists(path):
             try:
-                if torch.load(path, weights_only=False)["step"] >= min_step:
+                if torch.load(path, weights_only=True)["step"] >= min_step:
                     return
             except Exception:
                 pass  # being replaced right now
@@ -51,7 +51,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     _wait_for_checkpoint(cut, proc, min_step=10)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)["step"]
+    killed_at = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert killed_at < 40
 
     p = run_cli(*RUN, f"hydra.run.dir={cut}")  # the same command in the same folder resumes
@@ -85,7 +85,7 @@ def test_sigint_leaves_checkpoint_and_interrupted_status(tmp_path):
     assert proc.returncode == 130  # the shell's code for SIGINT
     r = json.loads((out / "results.json").read_text())
     assert r["status"] == "interrupted" and r["error"].startswith("SIGINT during the train stage: stopped at step")
-    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] >= 5 and "model" in ckpt and "optimizer" in ckpt
     assert max(row["step"] for row in _curve(out)) == ckpt["step"]
 
