@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -160,6 +161,22 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def path_safe(value) -> str:
+    """A config value as a piece of a folder name: ``3:1`` -> ``3-1`` (a colon is special to scp, rsync, make and
+    Windows); used in conf/config.yaml's run and sweep folders as ``${path_safe:${ratio}}``."""
+    return re.sub(r"[^A-Za-z0-9._+=-]", "-", str(value))
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses. Called at import, so that every process that reads the config (a joblib or
+    submitit worker unpickles the job's function, importing this module) can resolve the folder names."""
+    if not OmegaConf.has_resolver("path_safe"):
+        OmegaConf.register_new_resolver("path_safe", path_safe)
+
+
+register_resolvers()
 
 
 def register(experiments_dir: str = EXPERIMENTS_DIR) -> None:
