@@ -12,6 +12,10 @@ imports torch). Each is skipped when the user has set the corresponding environm
   benchmark at T 2048 and 8192 this took the system time from 3-3.7 s to 0.8 s and the time(8192)/time(2048)
   of the linear ops from 3.95-4.55 to 3.70-3.98. Resident memory then stays at its high-water mark while the
   process runs; ``bench.memory=rss`` sets its own allocator mode for its measurements (runner/peakmem.py).
+* PyTorch's C++ log shows errors only (``TORCH_CPP_LOG_LEVEL=ERROR``): its warnings, such as the profiler's "Memory
+  block of unknown size was allocated before the profiling started" in the middle of the bench table, are
+  notes about the library, not about the run. ``TORCH_CPP_LOG_LEVEL=WARNING python -m runner ...`` shows them.
+  (Python warnings, which torch's own TORCH_WARN also goes through, are untouched.)
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def apply() -> None:
     _torch_first = "torch" in sys.modules
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # read once, when torch's C++ library loads
     if sys.platform.startswith("linux") and not any(v in os.environ for v in (
             "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")):
         try:

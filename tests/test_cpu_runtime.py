@@ -46,3 +46,18 @@ def test_importing_torch_first_is_reported():
     p = subprocess.run([sys.executable, "-c", "import torch; " + PROBE], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert "torch was imported before runner" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("level, shown", [(None, False), ("WARNING", True)])
+def test_the_profilers_cpp_warning_is_kept_out_of_the_bench_table_unless_asked_for(tmp_path, level, shown):
+    """The CPU memory profiler's C++ warning ("Memory block of unknown size ...") came in the middle of the bench
+    table; PyTorch's C++ log shows errors only unless the user sets TORCH_CPP_LOG_LEVEL (e.g. WARNING)."""
+    from bad_inputs import run_cli
+
+    p = run_cli(["attention=gated_deltanet", "model=tiny", "seq_len=32", "stages=[bench]", "weights=random",
+                 "bench.lengths=[64]", "bench.repeats=1", "bench.memory=tensors", "data.max_bytes=100000",
+                 "threads=1", f"hydra.run.dir={tmp_path}/run"], env={"TORCH_CPP_LOG_LEVEL": level or ""})
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-2000:]
+    assert "bench n=    64" in out
+    assert ("Memory block of unknown size" in out) == shown, out[-2000:]
