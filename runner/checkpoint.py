@@ -306,6 +306,8 @@ def trained_run(folder: str) -> tuple[dict, str]:
     ckpt = checkpoint_path(folder)
     if not os.path.isfile(ckpt) or not isinstance(res.get("config"), dict):
         raise NoTrainedRun(f"{folder}: it holds no trained model ({ckpt} is missing); rerun it with the train stage")
+    if "vocab_size" not in (res.get("data") or {}):
+        raise NoTrainedRun(f"{folder}: its results.json records no data section (vocab_size); rerun it")
     return res, ckpt
 
 

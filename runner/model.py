@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from . import objectives
@@ -59,7 +60,13 @@ def default_mlp_hidden(d_model: int) -> int:
     return 16 * math.ceil(8 * d_model / 3 / 16)
 
 
-class HybridLM(nn.Module):
+class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-runner",
+               tags=["hybrid-attention", "linear-attention"]):
+    """The language model: embedding, a stack of blocks (efficient 'L' and full 'F' mixers in ``layer_types``'s
+    order), final norm and head. The Hub's model format comes with huggingface_hub's mixin: ``save_pretrained``
+    writes model.safetensors and a config.json of this constructor's arguments, which ``from_pretrained`` rebuilds
+    the exact layout from (``python -m runner.export`` writes a trained run's)."""
+
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
                  init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token",

@@ -84,8 +84,6 @@ def main(argv=None) -> int:
     try:
         res, ckpt = trained_run(a.run_dir)
         data = res.get("data") or {}
-        if "vocab_size" not in data:
-            raise NoTrainedRun(f"{a.run_dir}: its results.json records no data section (vocab_size); rerun it")
         if data.get("tokenizer", "bytes") not in ("bytes", "bpe"):
             raise NoTrainedRun(f"{a.run_dir} trained on a synthetic task (its tokens are {data.get('tokenizer')!r} "
                                f"ids, not text): nothing to sample; its evaluation is eval.tasks=[ppl,accuracy] "

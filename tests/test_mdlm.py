@@ -206,7 +206,7 @@ def test_an_unusable_judge_is_refused_before_any_work(tmp_path, compose):
     with pytest.raises(ConfigError, match="no results.json there; .* the judge is a completed autoregressive run"):
         validate(cfg)
     (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": {"objective": {
-        "name": "mdlm"}}}))
+        "name": "mdlm"}}, "data": {"vocab_size": V}}))
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="the judge must be a completed autoregressive run"):
