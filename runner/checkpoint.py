@@ -4,10 +4,10 @@
 RNG states, the running statistics and the *identity*: the settings that made these weights (model, mixers, layout,
 seq_len, seed, data, train, precision).
 
-:func:`plan` decides, before any work, what an attempt's stages run on:
-
 It is read with ``torch.load(weights_only=True)``: tensors and plain values only, so opening a checkpoint from a shared
 run folder never runs code from it (a file holding other objects is refused with what to do).
+
+:func:`plan` decides, before any work, what an attempt's stages run on:
 
 * with ``train`` in the stages: the folder's checkpoint is resumed when its identity matches the command (else the
   command is refused, naming each differing setting), a finished one is not trained again, and a folder without one
