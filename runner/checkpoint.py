@@ -280,12 +280,13 @@ def judge_problems(folder: str) -> tuple[dict, str]:
     return res, ckpt
 
 
-def run_model(res: dict, ckpt: str, vocab_size: int, device):
-    """The trained model of a run (its results.json ``res`` and checkpoint path), in eval mode on ``device``."""
+def run_model(res: dict, ckpt: str, vocab_size: int, device, state: Optional[dict] = None):
+    """The trained model of a run (its results.json ``res`` and checkpoint path), in eval mode on ``device``;
+    ``state``: the checkpoint already loaded from ``ckpt``, if the caller has it."""
     from .model import build_model
 
     model = build_model(OmegaConf.create(res["config"]), int(vocab_size))
-    model.load_state_dict(load(ckpt)["model"])
+    model.load_state_dict((state if state is not None else load(ckpt))["model"])
     return model.to(device).eval()
 
 

@@ -50,12 +50,12 @@ def model_card(res: dict, model, step: int) -> str:
 def export(run_dir: str, out_dir: str) -> str:
     """Write the run's trained model to ``out_dir`` (which must not exist yet, or be empty); its path."""
     res, ckpt = trained_run(run_dir)
-    data = res.get("data") or {}
+    data = res["data"]  # trained_run checked it records the vocabulary
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ExportRefused(f"{out_dir} already exists and is not an empty folder: give a new one (nothing was "
                             f"written)")
     state = load(ckpt)
-    model = run_model(res, ckpt, data["vocab_size"], "cpu")
+    model = run_model(res, ckpt, data["vocab_size"], "cpu", state=state)  # the checkpoint is read once
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
