@@ -22,10 +22,12 @@ import time
 import traceback
 
 import torch
+from rich.console import Console
 
 from .accel import autocast
 from .mixers.base import state_nbytes
 from .peakmem import measure
+from .progress import bar
 
 
 def _sync(device):
@@ -192,37 +194,50 @@ def bench_generation(model, cfg, device, console=None, corpus=None, judge=None) 
 
 
 def run_bench(model, cfg, device, console=None) -> list[dict]:
+    """The ladder of ``bench.lengths``: one row per length, up to the first that does not measure (OOM, over the
+    time or memory budget, an error); each is printed as it is done, under a progress bar."""
     rows = []
-    budget = cfg.bench.memory_budget_gb * 1e9
-    for n in cfg.bench.lengths:
-        predicted = _predicted_peak(rows, int(n)) if budget > 0 else None
-        try:
-            if predicted is not None and predicted > budget:
-                raise OverBudget(f"predicted training-step peak {predicted / 1e9:.2f} GB > "
-                                 f"bench.memory_budget_gb={cfg.bench.memory_budget_gb}")
-            row = bench_length(model, int(n), cfg, device)
-        except OverBudget as e:
-            row = {"n": int(n), "status": "over_budget", "reason": str(e)}
-        except Exception as e:  # OOM and any other failure end the ladder, not the run
-            status = "oom" if _is_oom(e) else "error"
-            row = {"n": int(n), "status": status, "reason": f"{type(e).__name__}: {e}",
-                   **({"traceback": traceback.format_exc(limit=5)} if status == "error" else {})}
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        rows.append(row)
-        if console is not None:
-            if row["status"] == "ok":
-                decode = (f", decode {row['decode_s_per_token'] * 1e3:6.2f} ms/tok" if "decode_s_per_token" in row
-                          else "")
-                console.print(f"  bench n={n:>6}: train step {row['train_step_s'] * 1e3:8.1f} ms, "
-                              f"prefill {row['prefill_tokens_per_s']:>10,.0f} tok/s{decode}")
-            else:
-                console.print(f"  bench n={n:>6}: [yellow]{row['status']}[/]: {row['reason']}; ladder stops here")
-        if row["status"] == "ok" and budget > 0 and (row.get("train_peak_bytes") or 0) > budget:
-            row["status"], row["reason"] = "over_budget", (f"training-step peak {row['train_peak_bytes'] / 1e9:.2f} GB "
-                                                          f"> bench.memory_budget_gb={cfg.bench.memory_budget_gb}")
-        if row["status"] != "ok":
-            break
+    with bar(console or Console(quiet=True), "bench", len(cfg.bench.lengths)) as advance:
+        for n in cfg.bench.lengths:
+            advance(0, what=f"n={n}")
+            rows.append(_ladder_step(model, int(n), cfg, device, rows))
+            if console is not None:
+                console.print(_ladder_line(rows[-1]))
+            advance()
+            if rows[-1]["status"] != "ok":
+                break
     model.train()
     return rows
+
+
+def _ladder_step(model, n: int, cfg, device, rows: list[dict]) -> dict:
+    """One length of the ladder, its failure recorded (OOM and any other error end the ladder, not the run)."""
+    budget = cfg.bench.memory_budget_gb * 1e9
+    predicted = _predicted_peak(rows, n) if budget > 0 else None
+    try:
+        if predicted is not None and predicted > budget:
+            raise OverBudget(f"predicted training-step peak {predicted / 1e9:.2f} GB > "
+                             f"bench.memory_budget_gb={cfg.bench.memory_budget_gb}")
+        row = bench_length(model, n, cfg, device)
+    except OverBudget as e:
+        row = {"n": n, "status": "over_budget", "reason": str(e)}
+    except Exception as e:
+        status = "oom" if _is_oom(e) else "error"
+        row = {"n": n, "status": status, "reason": f"{type(e).__name__}: {e}",
+               **({"traceback": traceback.format_exc(limit=5)} if status == "error" else {})}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if row["status"] == "ok" and budget > 0 and (row.get("train_peak_bytes") or 0) > budget:
+        row["status"], row["reason"] = "over_budget", (f"training-step peak {row['train_peak_bytes'] / 1e9:.2f} GB "
+                                                      f"> bench.memory_budget_gb={cfg.bench.memory_budget_gb}")
+    return row
+
+
+def _ladder_line(row: dict) -> str:
+    n = row["n"]
+    if row["status"] != "ok":
+        return f"  bench n={n:>6}: [yellow]{row['status']}[/]: {row['reason']}; ladder stops here"
+    decode = f", decode {row['decode_s_per_token'] * 1e3:6.2f} ms/tok" if "decode_s_per_token" in row else ""
+    return (f"  bench n={n:>6}: train step {row['train_step_s'] * 1e3:8.1f} ms, "
+            f"prefill {row['prefill_tokens_per_s']:>10,.0f} tok/s{decode}")

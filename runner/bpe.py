@@ -16,6 +16,7 @@ import torch
 
 from .corpus import Corpus, DataSettingError, Log, quiet as _quiet
 from .common import atomic_write
+from .progress import spinner
 
 DEFAULT_CACHE_DIR = "~/.cache/hybrid-runner"
 BPE_SCHEME = "bytelevel-bpe-v1"  # part of the cache key: bump when the tokenizer recipe changes
@@ -97,8 +98,12 @@ def _cache_write(path: str, write: Callable[[str], None], log: Log) -> None:
             f"Set data.cache_dir to a writable folder to keep it[/]")
 
 
-def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
-    """The byte corpus as BPE tokens, through the on-disk cache (tokenizer and tokenized splits)."""
+def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet, console=None) -> Corpus:
+    """The byte corpus as BPE tokens, through the on-disk cache (tokenizer and tokenized splits); on a terminal
+    ``console`` a spinner says which of the two long steps (training the tokenizer, tokenizing) runs."""
+    from rich.console import Console
+
+    console = console or Console(quiet=True)
     import tokenizers
 
     root = cache_root(d)
@@ -127,13 +132,17 @@ def tokenize_bpe(corpus: Corpus, d, log: Log = _quiet) -> Corpus:
             log(f"data: cache hit: tokenizer {tok_path}")
         else:
             t0 = time.perf_counter()
-            tok = train_bpe(train_text, int(d.vocab_size))
+            with spinner(console, f"data: training a BPE tokenizer of {d.vocab_size:,} tokens on "
+                                  f"{corpus.train.numel():,} bytes"):
+                tok = train_bpe(train_text, int(d.vocab_size))
             _cache_write(tok_path, tok.save, log)
             log(f"data: trained BPE ({tok.get_vocab_size():,} tokens) on {corpus.train.numel():,} training bytes in "
                 f"{time.perf_counter() - t0:.1f} s -> {tok_path}")
         t0 = time.perf_counter()
-        saved = {"tokenizer_key": tok_key, "train": bpe_encode(tok, train_text), "val": bpe_encode(tok, val_text),
-                 "token_bytes": bpe_token_bytes(tok), "vocab_size": tok.get_vocab_size()}
+        with spinner(console, f"data: tokenizing {corpus.train.numel() + corpus.val.numel():,} bytes"):
+            saved = {"tokenizer_key": tok_key, "train": bpe_encode(tok, train_text),
+                     "val": bpe_encode(tok, val_text), "token_bytes": bpe_token_bytes(tok),
+                     "vocab_size": tok.get_vocab_size()}
         for split, raw in (("train", corpus.train), ("val", corpus.val)):
             n = int(saved["token_bytes"][saved[split].long()].sum())
             if n != raw.numel():

@@ -20,7 +20,8 @@ from .mixers import REGISTRY, make_config, noncausal_problem
 from .paths import CONF_DIR, EXPERIMENTS_DIR
 from .peakmem import METHODS
 
-STAGES = ("train", "eval", "bench")
+STAGES = ("train", "eval", "bench", "sample")  # the order they run in (runner/run_folder.STAGES)
+DEFAULT_STAGES = ("train", "eval", "bench")  # sample is asked for
 WEIGHTS = ("auto", "random")
 MAX_SEED = 2**32 - 1  # numpy's and most samplers' range; torch's generators take it as it is
 # hard caps, far beyond this runner's model sizes (xl: d_model 2048, 24 layers), so that a typo fails here and not
@@ -94,12 +95,24 @@ class TrainConfig:
 
 
 @dataclass
+class LmEvalConfig:  # eval.tasks=[..., lm_eval]: lm-evaluation-harness tasks (runner/evals/lm_eval.py)
+    tasks: List[str] = field(default_factory=lambda: ["lambada_openai", "hellaswag", "arc_easy"])
+    num_fewshot: Optional[int] = None  # null = each task's own default
+    limit: Optional[float] = None  # documents per task (a fraction if < 1); null = all
+    include_path: Optional[str] = None  # a folder of task YAML files of one's own (e.g. over local JSON files)
+    builtin: bool = True  # index lm-eval's own tasks too (tens of seconds); false = only include_path's
+    bootstrap_iters: int = 1000  # lm-eval's bootstrap for the standard errors of non-mean metrics
+    max_length: Optional[int] = None  # the model's window in tokens; null = the training length (seq_len)
+
+
+@dataclass
 class EvalConfig:
     max_tokens: int = 131072  # validation tokens scored (in non-overlapping windows of seq_len)
     batch_size: int = 8
-    tasks: List[str] = field(default_factory=lambda: ["ppl"])  # ppl | extrapolation | positions | mqar | accuracy
+    tasks: List[str] = field(default_factory=lambda: ["ppl"])  # ppl | extrapolation | positions | lm_eval | ...
     extrapolation_factors: List[int] = field(default_factory=lambda: [2, 4])  # lengths seq_len * factor
     position_buckets: int = 32  # positions task: buckets per seq_len
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     options: Dict[str, Any] = field(default_factory=dict)  # task name -> its settings, for tasks registered beyond these
 
 
@@ -116,6 +129,18 @@ class BenchConfig:
     diffusion_steps: List[int] = field(default_factory=lambda: [8, 32, 64])  # denoising steps S (objective=mdlm)
     judge_samples: int = 8  # samples after validation prompts whose quality is measured (entropy, judge ppl)
     judge: Optional[str] = None  # run folder of an autoregressive run of the same data: judges the samples
+
+
+@dataclass
+class SampleConfig:  # the sample stage (runner/samples.py)
+    prompts: List[str] = field(default_factory=lambda: ["def ", "class ", "import "])  # the texts continued
+    max_new_tokens: int = 128
+    temperature: float = 0.8  # 0 = the most likely token
+    top_k: int = 0  # 0 = all tokens
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    seed: int = 0
+    steps: Optional[int] = None  # objective=mdlm: denoising steps (null = one per token)
+    remasking: str = "ancestral"  # objective=mdlm: ancestral | low_confidence | random (runner/generate.py)
 
 
 @dataclass
@@ -140,11 +165,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
     ratio: str = "3:1"  # efficient:full layers, e.g. 3:1, 1:0 (all efficient), 0:1 (all full)
     pattern: Optional[str] = None  # explicit layout such as LLLF; overrides ratio
     seq_len: int = 256
     seed: int = 0
-    stages: List[str] = field(default_factory=lambda: list(STAGES))
+    stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     resume: Optional[str] = None  # a run folder to continue in (its checkpoint and results); None = this run's folder
@@ -153,6 +179,44 @@ class Config:
     compile: bool = False  # torch.compile the training step
     kernels: str = "torch"  # linear mixers' chunked ops: torch (runner/ops) | fla (flash-linear-attention, CUDA)
     parallel: str = "ddp"  # under torchrun: ddp (replicate) | fsdp (shard parameters, gradients, optimizer state)
+
+
+def _sample_problems(c) -> list[str]:
+    """The sample stage's settings (checked whether it runs or not: a slip in them is a slip); and that the data is
+    text when it runs."""
+    from .generate import REMASKING
+
+    s, out = c.sample, []
+    prompts = list(s.prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        out.append(f"sample.prompts={prompts} must be a non-empty list of texts, e.g. ['def ', 'class ']")
+    elif c.objective.get("name", "next_token") == "next_token" and "" in prompts:
+        out.append("sample.prompts has an empty prompt: an autoregressive model continues at least one token; "
+                   "give each prompt some text")
+    for key, lo, hi, eg in (("max_new_tokens", 1, 1 << 16, "128"), ("top_k", 0, 1 << 24, "0 (all tokens)"),
+                            ("seed", 0, MAX_SEED, "0")):
+        v = getattr(s, key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            out.append(f"sample.{key}={v!r} must be a whole number in [{lo}, {hi}], e.g. {eg}")
+    if not (isinstance(s.temperature, (int, float)) and math.isfinite(s.temperature) and s.temperature >= 0):
+        out.append(f"sample.temperature={s.temperature!r} must be >= 0 (0 = the most likely token), e.g. 0.8")
+    if not (isinstance(s.top_p, (int, float)) and 0 < s.top_p <= 1):
+        out.append(f"sample.top_p={s.top_p!r} must be in (0, 1] (1 = off), e.g. 0.95")
+    if s.steps is not None and not (isinstance(s.steps, int) and not isinstance(s.steps, bool) and s.steps >= 1):
+        out.append(f"sample.steps={s.steps!r} must be a whole number >= 1, or null (one step per token)")
+    if s.remasking not in REMASKING:
+        out.append(f"sample.remasking={s.remasking!r} is not known; allowed: {list(REMASKING)}")
+    if "sample" in c.stages and c.data.name in _synthetic_sources():
+        out.append(f"stages={list(c.stages)} has sample, but data={c.data.name} is a synthetic task whose tokens are "
+                   f"ids, not text: nothing to sample; leave sample out of the stages (its accuracy is in eval)")
+    return out
+
+
+def _synthetic_sources() -> list[str]:
+    """The data sources that are not text (no ``text`` in their PROVIDES)."""
+    from . import sources
+
+    return [n for n in sources.names() if "text" not in getattr(sources.get(n), "PROVIDES", set())]
 
 
 class ConfigError(ValueError):
@@ -340,6 +404,7 @@ def validate(cfg: DictConfig | Config) -> dict:
     need(finite(b.memory_budget_gb) and b.memory_budget_gb >= 0,
          f"bench.memory_budget_gb={b.memory_budget_gb} must be >= 0 (0 = no budget)")
     need(b.memory in METHODS, f"bench.memory={b.memory!r} is not a measurement method; allowed: {list(METHODS)}")
+    problems.extend(_sample_problems(c))
 
     d = c.data
     from . import sources

@@ -15,14 +15,15 @@ from .corpus import Corpus, DataSettingError, DataUnavailable, Log, quiet  # noq
 from .sources.hf import hub_unreachable  # noqa: F401 - probed by the tests
 
 
-def load_corpus(data_cfg, seq_len: Optional[int] = None, log: Log = quiet):
-    """The configured data: the source's, then tokenized as ``data.tokenizer`` says."""
+def load_corpus(data_cfg, seq_len: Optional[int] = None, log: Log = quiet, console=None):
+    """The configured data: the source's, then tokenized as ``data.tokenizer`` says (``console``: where the
+    tokenizer's training shows that it runs)."""
     d = data_cfg
     data = sources.get(d.name).load(d, seq_len, log)
     if getattr(d, "tokenizer", "bytes") == "bpe":
         from .bpe import tokenize_bpe
 
-        return tokenize_bpe(data, d, log)
+        return tokenize_bpe(data, d, log, console)
     if isinstance(data, Corpus):
         data.extra.update(train_bytes=int(data.train.numel()), val_bytes=int(data.val.numel()))
     return data

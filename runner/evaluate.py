@@ -11,8 +11,10 @@ import math
 from typing import Callable, Optional
 
 import torch
+from rich.console import Console
 
-from . import evals
+from . import evals, objectives
+from .progress import bar
 from .corpus import unigram_log2p
 from .scoring import IGNORE, LN2, mean_loss, per_position, token_nll  # noqa: F401 - the scoring functions' home
 
@@ -54,8 +56,10 @@ class Context:
     """What a task's ``run`` gets: the model, the data, the config, and the per-token scores of the validation
     windows at ``factor`` times the training length, computed once and shared by the tasks that ask."""
 
-    def __init__(self, model, data, cfg, device: torch.device, run_dir: Optional[str], log: Callable[[str], None]):
+    def __init__(self, model, data, cfg, device: torch.device, run_dir: Optional[str], log: Callable[[str], None],
+                 console=None):
         self.model, self.data, self.cfg, self.device, self.run_dir, self.log = model, data, cfg, device, run_dir, log
+        self.console = console or Console(quiet=True)  # where the progress bars go
         self.tasks = [t for t in evals.names() if t in cfg.eval.tasks]
         self.log2p = unigram_log2p(data.unigram_counts())
         self._cache: dict[int, object] = {}
@@ -70,13 +74,14 @@ class Context:
             except ValueError as e:
                 self._cache[factor] = str(e)
                 return self._cache[factor]
-            nll = token_nll(self.model, x.to(self.device), y.to(self.device), max(1, ev.batch_size // factor))
+            views = getattr(objectives.get(getattr(self.model, "objective", "next_token")), "eval_views", None)
+            with bar(self.console, f"eval n={n}", x.shape[0] if views is None else None) as advance:
+                nll = token_nll(self.model, x.to(self.device), y.to(self.device), max(1, ev.batch_size // factor),
+                                on_rows=advance)
             self._cache[factor] = Scores(nll, y, _bytes_of(self.data, y))
         return self._cache[factor]
 
     def headline(self) -> dict:
-        from . import objectives
-
         s = self.scores(1)
         if isinstance(s, str):
             from .corpus import DataSettingError
@@ -96,9 +101,9 @@ class Context:
 
 
 def evaluate(model, corpus, cfg, device: torch.device, run_dir: Optional[str] = None,
-             log: Callable[[str], None] = lambda s: None) -> dict:
-    """Runs ``cfg.eval.tasks``; returns the eval section of results.json."""
-    ctx = Context(model, corpus, cfg, device, run_dir, log)
+             log: Callable[[str], None] = lambda s: None, console=None) -> dict:
+    """Runs ``cfg.eval.tasks``; returns the eval section of results.json. ``console``: where progress bars go."""
+    ctx = Context(model, corpus, cfg, device, run_dir, log, console)
     out: dict = {"tasks": ctx.tasks}
     for name in ctx.tasks:
         out.update(evals.get(name).run(ctx))

@@ -46,9 +46,11 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 
 @torch.no_grad()
 def autoregressive(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0, generator: Optional[torch.Generator] = None, on_token=None) -> torch.Tensor:
+                   top_p: float = 1.0, generator: Optional[torch.Generator] = None, on_token=None,
+                   stop=None) -> torch.Tensor:
     """prompt (B, P), P >= 1 -> the max_new_tokens tokens after it (B, N), one decode step per token through the
-    state / KV cache; ``on_token(tokens (B,))`` is called as each is drawn (streaming)."""
+    state / KV cache; ``on_token(tokens (B,))`` is called as each is drawn (streaming), then ``stop(tokens)``: true
+    ends the generation there (N < max_new_tokens)."""
     if not model.causal:
         raise ValueError("autoregressive generation needs a causal model; this one is a masked-diffusion model")
     if prompt.shape[1] < 1:
@@ -61,6 +63,8 @@ def autoregressive(model, prompt: torch.Tensor, max_new_tokens: int, temperature
         out.append(tok)
         if on_token is not None:
             on_token(tok)
+        if stop is not None and stop(tok):
+            break
         if len(out) < max_new_tokens:
             logits, state = model.decode_step(tok[:, None], state)
     return torch.stack(out, 1) if out else prompt.new_zeros(prompt.shape[0], 0)

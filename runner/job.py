@@ -289,7 +289,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     tracker.update(env={**(tracker.record.get("env") or {}), "device": str(device), "world_size": dist_info.world})
     t0 = time.perf_counter()
     where["stage"] = "data"
-    corpus = load_corpus(cfg.data, seq_len=cfg.seq_len, log=console.print)
+    corpus = load_corpus(cfg.data, seq_len=cfg.seq_len, log=console.print, console=console)
     tracker.update(data=corpus.info())
     console.print(f"data: {corpus.description}: {corpus.summary()} "
                   f"(fingerprint {corpus.fingerprint}, {time.perf_counter() - t0:.1f} s)")
@@ -353,7 +353,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     if "eval" in cfg.stages:
         where["stage"] = "eval"
         with autocast(cfg.precision, device):
-            ev = evaluate(model, corpus, cfg, device, run_dir=run_dir, log=console.print)
+            ev = evaluate(model, corpus, cfg, device, run_dir=run_dir, log=console.print, console=console)
         tracker.update(eval=ev)
         row = {"step": step, "eval_loss": ev["loss"], "eval_bpb": ev["bpb"]}
         if "mqar" in ev:
@@ -370,4 +370,24 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
         rows = run_bench(model, cfg, device, console)
         tracker.update(bench=rows, bench_scaling=scaling(rows))
         tracker.update(bench_generation=bench_generation(model, cfg, device, console, corpus, judge))
+    if "sample" in cfg.stages:
+        where["stage"] = "sample"
+        _sample_stage(model, cfg, corpus, device, tracker, run_dir, console, step)
     where["stage"] = None
+
+
+def _sample_stage(model, cfg, corpus, device, tracker, run_dir: str, console: Console, step: int) -> None:
+    """What the model writes after sample.prompts: results.json, samples.md, the console and a W&B table."""
+    from . import samples
+    from .accel import autocast
+    from .progress import bar
+
+    origin = f"attempt {tracker.record.attempt['attempt']}, the weights after training step {step}"
+    with bar(console, "sample", len(cfg.sample.prompts)) as advance, autocast(cfg.precision, device):
+        section = samples.run(model, corpus.info(), cfg, run_dir, progress=lambda done, total: advance(),
+                              origin=origin)
+    tracker.update(sample=section)
+    tracker.table("samples", ["prompt", "text"], [[r["prompt"], r["text"]] for r in section["samples"]])
+    console.print("sample: (samples.md)")
+    for line in samples.describe(section):
+        console.print(escape(line))

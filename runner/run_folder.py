@@ -12,8 +12,8 @@ the training curve ``metrics.jsonl`` and the checkpoint ``checkpoints/last.pt``.
 * **A completed record is never downgraded.** While a later attempt runs on a completed record (a re-evaluation,
   another bench ladder), and if it fails, is interrupted or is refused, ``results.json`` keeps the completed record
   as it was; that attempt's outcome and whatever it measured are in its own entry. Only an attempt that completes
-  replaces sections (``train``, ``eval``, ``bench``); the replaced ones are kept in the entry of the attempt that had
-  produced them (``superseded``), and ``produced_by`` says which attempt made each section.
+  replaces sections (``train``, ``eval``, ``bench``, ``sample``); the replaced ones are kept in the entry of the
+  attempt that had produced them (``superseded``), and ``produced_by`` says which attempt made each section.
 * **Nothing half-written.** Files are written atomically (:func:`runner.common.atomic_write`); temporary files left by
   a dead writer are removed by the next attempt. A reserve file (``.reserve``, 1 MiB) is held during a run and
   released to write the final record when the disk is full.
@@ -34,7 +34,8 @@ from .errors import ActionableError
 LOCK = ".lock"
 RESERVE = ".reserve"
 RESERVE_BYTES = 1 << 20
-SECTIONS = ("train", "eval", "bench", "bench_scaling", "plots")
+STAGES = ("train", "eval", "bench", "sample")  # in the order they run (runner/config.STAGES)
+SECTIONS = ("train", "eval", "bench", "bench_scaling", "plots", "sample")
 DONE = "completed"
 
 
@@ -281,14 +282,14 @@ class Record:
         sections it keeps, so that the config describes every section (stages lists the stages of all of them)."""
         prev = self.previous.get("config") or {}
         ran = list(self.config.get("stages") or [])
-        kept = [s for s in ("train", "eval", "bench") if s not in ran and s in self.carried]
+        kept = [s for s in STAGES if s not in ran and s in self.carried]
         if not kept:
             return self.config
         out = copy.deepcopy(self.config)
         for stage in kept:
             if stage in prev:
                 out[stage] = copy.deepcopy(prev[stage])
-        out["stages"] = [s for s in ("train", "eval", "bench") if s in ran or s in kept]
+        out["stages"] = [s for s in STAGES if s in ran or s in kept]
         return out
 
     def results(self) -> dict:

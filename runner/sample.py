@@ -2,55 +2,24 @@
 
 An autoregressive run (objective=next_token) continues the prompt token by token through its state / KV cache,
 streaming to the console; a masked-diffusion run (objective=mdlm) writes a block of ``--max-new-tokens`` after the
-prompt in ``--steps`` denoising steps (runner/generate.py). The run's own tokenizer is used (bytes, or the BPE
-tokenizer its results.json names). Sampling: ``--temperature`` (0 = the most likely token), ``--top-k``,
-``--top-p``; ``--seed`` makes it repeatable.
+prompt in ``--steps`` denoising steps (runner/generate.py, through runner/samples.write). The run's own tokenizer
+is used (bytes, or the BPE tokenizer its results.json names), under the run's precision (bf16 autocast where it
+trained so). Sampling: ``--temperature`` (0 = the most likely token), ``--top-k``, ``--top-p``; ``--seed`` makes it
+repeatable.
 """
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 
 import torch
 
+from .accel import autocast
 from .checkpoint import NoTrainedRun, run_model, trained_run
+from .codec import Codec, is_text
 from .errors import ActionableError
-from .generate import REMASKING, autoregressive, diffusion
-
-
-class Codec:
-    """Text <-> token ids in a run's tokenization; ``stream`` turns ids into text as they come."""
-
-    def __init__(self, data: dict):
-        self.bpe = None
-        if data.get("tokenizer", "bytes") == "bpe":
-            import tokenizers
-
-            path = data.get("tokenizer_path")
-            try:
-                self.bpe = tokenizers.Tokenizer.from_file(path)
-            except Exception as e:  # noqa: BLE001 - any failure to read it is the same advice
-                raise NoTrainedRun(f"the run's BPE tokenizer {path} cannot be read ({type(e).__name__}); it lives in "
-                                   f"the data cache (data.cache_dir): rerun the data stage on this machine") from None
-        self.ids: list[int] = []
-        self.shown = ""
-        self.bytes = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def encode(self, text: str) -> list[int]:
-        return self.bpe.encode(text).ids if self.bpe is not None else list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return self.bpe.decode(ids) if self.bpe is not None else bytes(ids).decode("utf-8", errors="replace")
-
-    def stream(self, token: int) -> str:
-        """The text the next token adds (bytes may wait for the rest of a UTF-8 character)."""
-        if self.bpe is None:
-            return self.bytes.decode(bytes([token]))
-        self.ids.append(token)
-        text = self.bpe.decode(self.ids)
-        new, self.shown = text[len(self.shown):], text
-        return new
+from .generate import REMASKING
+from .samples import write
 
 
 def _args(argv):
@@ -84,7 +53,7 @@ def main(argv=None) -> int:
     try:
         res, ckpt = trained_run(a.run_dir)
         data = res.get("data") or {}
-        if data.get("tokenizer", "bytes") not in ("bytes", "bpe"):
+        if not is_text(data):
             raise NoTrainedRun(f"{a.run_dir} trained on a synthetic task (its tokens are {data.get('tokenizer')!r} "
                                f"ids, not text): nothing to sample; its evaluation is eval.tasks=[ppl,accuracy] "
                                f"(or [ppl,mqar])")
@@ -94,23 +63,20 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ids = codec.encode(a.prompt)
-    if any(i >= model.vocab_size for i in ids):
-        print("error: the prompt has tokens outside the run's vocabulary", file=sys.stderr)
+    problem = ("the prompt has tokens outside the run's vocabulary" if any(i >= model.vocab_size for i in ids) else
+               "an autoregressive run needs a prompt of at least one token (--prompt)" if model.causal and not ids
+               else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    prompt = torch.tensor([ids], dtype=torch.long, device=a.device)
-    gen = torch.Generator().manual_seed(a.seed)
+    precision = (res.get("config") or {}).get("precision", "fp32")  # as the run trained and was evaluated
     out = sys.stdout
     out.write(a.prompt)
-    if model.causal:
-        if not ids:
-            print("\nerror: an autoregressive run needs a prompt of at least one token (--prompt)", file=sys.stderr)
-            return 2
-        autoregressive(model, prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, gen,
-                       on_token=lambda t: (out.write(codec.stream(int(t[0]))), out.flush()))
-    else:
-        block = diffusion(model, prompt, a.max_new_tokens, a.steps or a.max_new_tokens, a.remasking, a.temperature,
-                          a.top_k, a.top_p, gen)
-        out.write(codec.decode(block[0].tolist()))
+    out.flush()
+    with autocast(precision, torch.device(a.device)):
+        write(model, codec, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
+              torch.Generator().manual_seed(a.seed), a.steps, a.remasking,
+              on_text=lambda piece: (out.write(piece), out.flush()))
     out.write("\n")
     return 0
 

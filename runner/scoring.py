@@ -4,7 +4,7 @@ not scored."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,31 +15,36 @@ LN2 = math.log(2)
 
 @torch.no_grad()
 def per_position(model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype,
+                 on_rows: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """``score(logits, targets)`` at every position of the windows x (N, T), run in eval mode in batches of
-    ``batch_size``; (N, T) in ``dtype`` on the CPU."""
+    ``batch_size``; (N, T) in ``dtype`` on the CPU. ``on_rows(k)`` is told after each batch of k windows."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, x.shape[0], batch_size):
         logits, _ = model(x[i:i + batch_size])
         out.append(score(logits, y[i:i + batch_size]).to(dtype).cpu())
+        if on_rows is not None:
+            on_rows(out[-1].shape[0])
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(x.shape, dtype=dtype)
 
 
-def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+def token_nll(model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+              on_rows: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """The model's objective's loss (nats) at every position (runner/objectives: for next-token prediction the
-    cross-entropy of each token given the ones before), (N, T) float64 on the CPU; 0 where y == -100."""
+    cross-entropy of each token given the ones before), (N, T) float64 on the CPU; 0 where y == -100. ``on_rows``:
+    as in :func:`per_position` (an objective that scores several views of each window tells it once per view)."""
     from . import objectives
 
     obj = objectives.get(getattr(model, "objective", "next_token"))
     views = getattr(obj, "eval_views", None)
     if views is None:
-        return per_position(model, x, y, batch_size, obj.token_scores, torch.float64)
+        return per_position(model, x, y, batch_size, obj.token_scores, torch.float64, on_rows)
     total, n = torch.zeros(y.shape, dtype=torch.float64), 0
     for inputs, targets in views(x, y, vocab_size=model.vocab_size, settings=model.objective_settings):
-        total += per_position(model, inputs, targets, batch_size, obj.token_scores, torch.float64)
+        total += per_position(model, inputs, targets, batch_size, obj.token_scores, torch.float64, on_rows)
         n += 1
     return total / max(n, 1)
 

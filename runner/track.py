@@ -74,6 +74,13 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.config.update(facts, allow_val_change=True)
 
+    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """A table for W&B (e.g. the sample stage's prompts and texts); results.json holds the same rows."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Table(columns=columns, data=rows)})
+
     def log(self, row: dict, replaces: Optional[str] = None) -> None:
         """One point of the training curve. ``replaces``: a key (e.g. ``eval_loss``) whose earlier rows this one
         replaces, so a re-evaluation leaves one row, not two. On a completed record the file changes only when

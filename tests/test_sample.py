@@ -1,5 +1,10 @@
-"""python -m runner.sample: what a trained run writes, for both objectives, through the run's own checkpoint and
-tokenizer; greedy sampling equals the generator's greedy decoding; bad folders and settings get a clear error."""
+"""python -m runner.sample and the sample stage: what a trained run writes, for both objectives, through the run's
+own checkpoint and tokenizer; greedy sampling equals the generator's greedy decoding, the stage writes what the CLI
+writes; bad folders and settings get a clear error."""
+import glob
+import json
+import os
+
 import pytest
 import torch
 
@@ -68,7 +73,7 @@ def test_bad_folders_and_settings_say_what_is_wrong(runs, tmp_path, capsys, args
 
 def test_the_codec_round_trips_bytes_and_bpe_and_streams_whole_characters(tmp_path):
     from runner.bpe import train_bpe
-    from runner.sample import Codec
+    from runner.codec import Codec
 
     text = "héllo wörld, déjà vu " * 50
     tok = train_bpe(text, 300)
@@ -80,3 +85,41 @@ def test_the_codec_round_trips_bytes_and_bpe_and_streams_whole_characters(tmp_pa
         assert codec.decode(ids) == "déjà vu"
         assert "".join(codec.stream(i) for i in ids) == "déjà vu"  # no half characters on the way
     assert len(Codec({"tokenizer": "bpe", "tokenizer_path": path}).encode("déjà vu")) < len("déjà vu".encode())
+
+
+def test_the_sample_stage_writes_what_the_cli_writes_into_the_folder_and_a_wandb_table(runs, tmp_path, capsys):
+    from wandb_reader import read_offline_run
+
+    d = tmp_path / "stage"
+    p = run_cli(*TINY, "stages=[train,sample]", "sample.temperature=0", "sample.max_new_tokens=24",
+                "sample.prompts=['def ','x = ']", "logger=wandb", f"hydra.run.dir={d}")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    res = json.loads((d / "results.json").read_text())
+    rows = res["sample"]["samples"]
+    assert [r["prompt"] for r in rows] == ["def ", "x = "] and res["sample"]["settings"]["temperature"] == 0
+    md = (d / "samples.md").read_text()
+    for r in rows:
+        assert main([str(d), "--prompt", r["prompt"], "--max-new-tokens", "24", "--temperature", "0"]) == 0
+        assert capsys.readouterr().out == r["prompt"] + r["text"] + "\n"  # the CLI's greedy text, token for token
+        assert f"{r['prompt']}{r['text']}\n" in md
+    logged = [h for h in read_offline_run(str(d))["history"] if "samples/_type" in h]
+    assert logged and logged[0]["samples/_type"] == "table-file" and logged[0]["samples/nrows"] == 2
+    table = json.loads(open(glob.glob(os.path.join(str(d), "**", "media", "table", "samples*.json"),
+                                      recursive=True)[0]).read())
+    assert table["columns"] == ["prompt", "text"] and table["data"] == [[r["prompt"], r["text"]] for r in rows]
+
+
+def test_the_sample_stage_alone_adds_its_section_to_a_trained_run(runs, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(runs["mdlm"], d)
+    before = json.loads((d / "results.json").read_text())
+    p = run_cli("stages=[sample]", "sample.max_new_tokens=8", "sample.steps=2", f"hydra.run.dir={d}")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    after = json.loads((d / "results.json").read_text())
+    assert after["train"] == before["train"] and after["produced_by"] == {"train": 1, "sample": 2}
+    assert after["sample"]["settings"]["steps"] == 2 and len(after["sample"]["samples"]) == 3
+    assert after["config"]["stages"] == ["train", "sample"] and after["config"]["objective"]["name"] == "mdlm"
+    step = before["train"]["steps"]
+    assert f"attempt 2, the weights after training step {step}: " in (d / "samples.md").read_text()

@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "ppl": "runner.evals.ppl",
     "extrapolation": "runner.evals.extrapolation",
     "positions": "runner.evals.positions",
+    "lm_eval": "runner.evals.lm_eval",
     "mqar": "runner.tasks.mqar",
     "accuracy": "runner.tasks.accuracy",
 }
