@@ -6,6 +6,7 @@ the way Qwen3-Next, Kimi Linear and MiniMax-M1 interleave them. Pre-norm residua
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -65,7 +66,7 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
     """The language model: embedding, a stack of blocks (efficient 'L' and full 'F' mixers in ``layer_types``'s
     order), final norm and head. The Hub's model format comes with huggingface_hub's mixin: ``save_pretrained``
     writes model.safetensors and a config.json of this constructor's arguments, which ``from_pretrained`` rebuilds
-    the exact layout from (``python -m runner.export`` writes a trained run's)."""
+    the exact layout from (``python -m runner.export`` writes a trained run's), strictly: every weight or none."""
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
@@ -163,6 +164,16 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
         lm = objectives.get(self.objective).loss(logits, targets)
         aux = self.aux_loss()
         return (lm + aux if aux is not None else lm), lm.detach()
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs):
+        """The mixin's loading, always strict (a weight file that does not fit the layout is an error, never a
+        model left partly at its random initialisation), and for a local folder without the mixin's print."""
+        if os.path.isdir(model_id):
+            keys = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+            model = cls(**{k: v for k, v in kwargs.items() if k not in keys})
+            return cls._load_as_safetensor(model, os.path.join(model_id, "model.safetensors"), map_location, True)
+        return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=True, **kwargs)
 
     def n_params(self, embeddings: bool = True) -> int:
         seen, total = set(), 0

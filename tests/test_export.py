@@ -48,6 +48,20 @@ def test_from_pretrained_of_an_export_gives_the_checkpoints_logits(runs, tmp_pat
     assert "HybridLM.from_pretrained(" in card
 
 
+def test_from_pretrained_refuses_weights_that_do_not_fit_the_layout(runs, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "hub"
+    assert export_mod.main([runs["next_token"], str(out)]) == 0
+    HybridLM.from_pretrained(str(out))
+    assert "Loading weights" not in capsys.readouterr().out  # the mixin's print for a local folder is not ours
+    weights = load_file(str(out / "model.safetensors"))
+    dropped = next(k for k in weights if k.startswith("blocks.0."))
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(out / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="Missing key"):  # not a model left partly at its initialisation
+        HybridLM.from_pretrained(str(out))
+
+
 def test_a_bpe_runs_tokenizer_travels_with_the_export(tmp_path):
     import tokenizers
 
