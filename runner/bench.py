@@ -145,9 +145,13 @@ def bench_generation(model, cfg, device, console=None, corpus=None, judge=None) 
     diffusion. With the ``corpus``, each row also has the quality of ``bench.judge_samples`` samples after
     prompts from the validation text: their unigram entropy (bits) and, with a ``judge`` model (bench.judge),
     their perplexity under it; a ``data`` row gives the same for the validation text's own continuations."""
-    from . import generate
+    from . import generate, objectives
     from .scoring import sample_quality
 
+    if not getattr(objectives.get(getattr(model, "objective", "next_token")), "GENERATES", True):
+        if console is not None:
+            console.print(f"  generate: none (objective={model.objective} fills answers, it does not generate)")
+        return []
     bc, L = cfg.bench, cfg.bench.generate_tokens
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(0, model.vocab_size, (bc.batch_size, 16), generator=gen).to(device)

@@ -39,8 +39,8 @@ class RunnerLM(LM):
     def __init__(self, model, codec: Codec, max_length: int, batch_size: int = 8, precision: str = "fp32"):
         super().__init__()
         if not model.causal:
-            raise ValueError("lm-eval scores log-likelihoods of an autoregressive model; this one is a "
-                             "masked-diffusion model (objective=mdlm), whose scores are bounds (the NELBO)")
+            raise ValueError("lm-eval scores log-likelihoods of an autoregressive model; this one is not causal "
+                             "(objective=mdlm gives bounds, the NELBO; objective=fill answers puzzles)")
         self.model, self.codec = model.eval(), codec
         self.max_length, self.batch_size, self.precision = int(max_length), int(batch_size), precision
         self._device = next(model.parameters()).device

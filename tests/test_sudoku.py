@@ -85,3 +85,60 @@ def test_propagation_fills_only_right_digits_and_needs_guessing_for_some(puzzles
     one_gone[10] = 0
     assert S.propagate(one_gone) == puzzles[0][1]
     assert 0 < solved < len(puzzles), solved  # some need no search, some do: a baseline that tells them apart
+
+
+def _data(**options):
+    from omegaconf import OmegaConf
+
+    from runner.tasks.synthetic import TaskData
+
+    d = OmegaConf.create({"options": {"min_clues": 30, "augment": 0, "test_lengths": None, **options},
+                          "n_train": 16, "n_test": 8, "mix_lengths": False, "seed": 3})
+    return TaskData(S.Sudoku(d.options, 81), d, 81)
+
+
+def _grids(e):
+    """(puzzle, solution) of every example: the answers fill the empty cells."""
+    out = []
+    for i in range(len(e)):
+        x, y = e.x[i].tolist(), e.y[i].tolist()
+        out.append((tuple(x), tuple(v if v >= 0 else c for c, v in zip(x, y))))
+    return out
+
+
+def test_the_data_source_scores_the_empty_cells_of_unique_puzzles_and_keeps_test_apart_from_training():
+    data = _data(augment=2)
+    train, test = _grids(data.train), _grids(data.tests[81])
+    assert len(train) == 16 * 3 and len(test) == 8  # each training puzzle and its two augmented copies
+    for puzzle, solution in train + test:
+        assert S.is_solution(solution, puzzle) and S.count_solutions(puzzle) == 1
+    assert all(((data.train.y == -100) == (data.train.x > 0)).flatten().tolist())  # clues are not scored
+    assert not {p for p, _ in test} & {p for p, _ in train} and data.info()["test_dropped_as_in_training"]["81"] == 0
+    assert _grids(_data().tests[81]) == test and _data().fingerprint == _data().fingerprint  # the seed repeats it
+    tags = data.tests[81].tags
+    assert set(tags) == {"clues", "guesses"} and int(tags["clues"].max()) >= 30
+
+
+def test_the_baseline_is_propagation_on_the_test_puzzles():
+    data = _data()
+    b = data.task.baseline(data.tests[81])
+    solved = [all(S.propagate(p)) for p, _ in _grids(data.tests[81])]
+    assert b["exact"] == sum(solved) / len(solved) and 0 <= b["exact"] <= b["accuracy"] <= 1
+
+
+def test_a_fill_model_trains_on_sudoku_and_its_accuracy_stands_beside_the_baseline(tmp_path):
+    import json
+
+    from test_end_to_end import run_cli
+
+    d = tmp_path / "run"
+    p = run_cli("data=sudoku", "objective=fill", "seq_len=81", "model=tiny", "attention=gated_deltanet", "ratio=1:0",
+                "data.n_train=24", "data.n_test=8", "train.steps=4", "train.batch_size=4", "train.warmup_steps=1",
+                "train.eval_every=0", "eval.tasks=[ppl,accuracy]", "stages=[train,eval,bench]", "bench.lengths=[81]",
+                "bench.repeats=1", f"hydra.run.dir={d}")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    res = json.loads((d / "results.json").read_text())
+    row = res["eval"]["accuracy"]["by_length"][0]
+    assert row["length"] == 81 and row["examples"] == 8 and set(row["baseline"]) == {"name", "accuracy", "exact"}
+    assert "baseline at 81, propagation" in p.stdout and res["bench_generation"] == []
+    assert "objective=fill fills answers, it does not generate" in p.stdout

@@ -16,6 +16,7 @@ An objective module defines:
 * ``loss(logits, targets) -> tensor``: the training loss (mean over the scored targets);
 * ``token_scores(logits, targets) -> tensor``: the loss at every position (nats), 0 where not scored, for the
   validation scores (runner/scoring.py);
+* optionally ``GENERATES`` (True): False for an objective with nothing to generate (the bench stage skips it);
 * optionally ``NEEDS``: what the data source must provide (its ``PROVIDES``, runner/sources), e.g. "text";
 * optionally ``objective_problems(c) -> list[str]``: the problems of its own settings (the other keys of the
   ``objective`` section, conf/objective/<name>.yaml).
@@ -27,6 +28,7 @@ from ..common import lazy_registry
 REGISTRY: dict[str, str] = {
     "next_token": "runner.objectives.next_token",
     "mdlm": "runner.objectives.mdlm",
+    "fill": "runner.objectives.fill",
 }
 
 

@@ -32,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "multihop": "runner.tasks.multihop",
     "selective_copy": "runner.tasks.selective_copy",
     "niah": "runner.tasks.niah",
+    "sudoku": "runner.tasks.sudoku",
 }
 
 

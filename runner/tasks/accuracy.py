@@ -27,8 +27,14 @@ def describe(ev: dict) -> list[str]:
     if not isinstance(a, dict):
         return []
     per = ", ".join(_row_text(r) for r in a["by_length"])
-    return [f"  {a['task']}: answer accuracy by length {per} (* beyond the training length {a['train_length']}); "
-            f"exact {a['exact']:.3f}"]
+    lines = [f"  {a['task']}: answer accuracy by length {per} (* beyond the training length {a['train_length']}); "
+             f"exact {a['exact']:.3f}"]
+    for r in a["by_length"]:
+        if "baseline" in r:
+            b = r["baseline"]
+            lines.append(f"  baseline at {r['length']}, {b['name']}: answer accuracy {b['accuracy']:.3f}, exact "
+                         f"{b['exact']:.3f}")
+    return lines
 
 
 CSV = {"task_accuracy": lambda ev: (ev.get("accuracy") or {}).get("accuracy"),
@@ -72,6 +78,11 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
             rows = [[g["job"]["config"], g["job"]["layer_types"],
                      *(_cell([run[L][key] for run in g["runs"] if L in run], fmt) for L in lengths)]
                     for g in configs.values()]
+            base = {L: [run[L]["baseline"] for g in configs.values() for run in g["runs"]
+                        if "baseline" in run.get(L, {})] for L in lengths}  # over every job's test set
+            if any(base.values()):
+                name = next(b for bs in base.values() for b in bs)["name"]
+                rows.append([f"baseline: {name}", "-", *(_cell([b[key] for b in base[L]], fmt) for L in lengths)])
             lines += ([words, ""] if words else []) + table(head, rows) + [""]
         tags = sorted({t for g in configs.values() for run in g["runs"] for r in run.values() for t in r["by"]})
         for tag in tags:

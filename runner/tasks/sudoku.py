@@ -13,12 +13,19 @@ More: Recursive Reasoning with Tiny Networks", arXiv 2510.04871) and HRM (arXiv 
   within each band, the stacks and the columns within each stack, and transposes; a valid puzzle stays valid and
   its unique solution maps to the new puzzle's unique solution.
 
-A grid is a tuple of 81 ints, row by row, 0 for an empty cell and 1-9 for a digit.
+A grid is a tuple of 81 ints, row by row, 0 for an empty cell and 1-9 for a digit. :class:`Sudoku` is the data
+source ``data=sudoku`` built on them (train with ``objective=fill``: every cell sees the whole grid).
 """
 from __future__ import annotations
 
 import random
 from typing import Optional
+
+import torch
+
+from . import synthetic
+from ..scoring import IGNORE
+from .synthetic import Examples, Task, as_examples, whole
 
 CELLS = 81
 ALL = 0x3FE  # bits 1..9: every digit possible
@@ -205,3 +212,90 @@ def augment(puzzle, solution, rng: random.Random) -> tuple[tuple, tuple]:
         return tuple(out[c * 9 + r] for r in range(9) for c in range(9)) if transpose else tuple(out)
 
     return apply(puzzle), apply(solution)
+
+
+# ------------------------------------------------------------------------------------------ the data source
+
+class Sudoku(Task):
+    """``data=sudoku``: an example is one puzzle, 81 tokens row by row (0 an empty cell, 1-9 a clue); its answers
+    are the solution's digits at the empty cells (the clues are not scored), so "exact" is the puzzle solved.
+    Tags: ``clues`` (the puzzle's clue count) and ``guesses`` (the reference solver's branching points, in
+    power-of-two buckets), by which the evaluation breaks accuracy down. ``augment`` adds that many augmented
+    copies of every training puzzle (TRM trains on 1000 per puzzle); the test puzzles are never augmented. The
+    accuracy evaluation gives the propagation-only baseline on the same test puzzles beside the model."""
+
+    name = "sudoku"
+    TAGS = {"clues": "value", "guesses": "log2"}
+    OPTIONS = {"min_clues": 26, "augment": 0, "test_lengths": None}
+
+    @property
+    def vocab_size(self) -> int:
+        return 10
+
+    def min_length(self) -> int:
+        return CELLS
+
+    def train_lengths(self, mix: bool) -> list[int]:
+        return [CELLS]
+
+    def test_lengths(self) -> list[int]:
+        return [CELLS]
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        whole(out, "data.options.min_clues", self.options["min_clues"], 17, 80, "26",
+              " (clues left at the least; fewer is harder and slower to generate, 17 the fewest a unique sudoku has)")
+        whole(out, "data.options.augment", self.options["augment"], 0, 100_000, "0",
+              " (augmented copies of each training puzzle)")
+        if self.options.get("test_lengths") not in (None, [CELLS]):
+            out.append(f"data.options.test_lengths={self.options['test_lengths']}: a sudoku has 81 cells; leave it "
+                       f"null")
+        if not out and self.seq_len != CELLS:
+            out.append(f"seq_len={self.seq_len}: data=sudoku is one token per cell; use seq_len=81")
+        return out
+
+    def describe(self) -> str:
+        aug = f", {self.options['augment']} augmented copies each" if self.options["augment"] else ""
+        return f"sudoku (at least {self.options['min_clues']} clues{aug})"
+
+    def generate(self, n: int, length: int, g: torch.Generator, split: str) -> Examples:
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=g)))
+        rows = []
+        for _ in range(n):
+            puzzle, solution = make_puzzle(rng, int(self.options["min_clues"]))
+            rows.append((puzzle, solution, _guesses(puzzle)))
+            if split == "train":
+                for _ in range(int(self.options["augment"])):
+                    p, s = augment(puzzle, solution, rng)
+                    rows.append((p, s, rows[-1][2]))
+        x = torch.tensor([r[0] for r in rows], dtype=torch.long).view(-1, CELLS)
+        solution = torch.tensor([r[1] for r in rows], dtype=torch.long).view(-1, CELLS)
+        blank = x == 0
+        y = torch.where(blank, solution, torch.full_like(x, IGNORE))
+        clues = (~blank).sum(1, keepdim=True).expand_as(x)
+        guesses = torch.tensor([r[2] + 1 for r in rows], dtype=torch.long)[:, None].expand_as(x)  # log2 from 1
+        return as_examples(x, y, clues=torch.where(blank, clues, 0), guesses=torch.where(blank, guesses, 0))
+
+    def baseline(self, s: Examples) -> dict:
+        """Constraint propagation without search (:func:`propagate`) on the same test puzzles: the share of empty
+        cells it fills rightly, and of puzzles it solves."""
+        right = cells = solved = 0
+        for i in range(len(s)):
+            puzzle, y = s.x[i].tolist(), s.y[i].tolist()
+            grid = propagate(puzzle)
+            ok = [grid[k] == y[k] for k in range(CELLS) if y[k] != IGNORE]
+            right, cells, solved = right + sum(ok), cells + len(ok), solved + all(ok)
+        return {"name": "propagation (naked and hidden singles, no search)", "accuracy": right / max(cells, 1),
+                "exact": solved / max(len(s), 1)}
+
+
+def _guesses(puzzle) -> int:
+    stats: dict = {}
+    solve(puzzle, stats)
+    return int(stats.get("guesses", 0))
+
+
+TASK = Sudoku
+PROVIDES, TOKENIZERS = synthetic.PROVIDES, synthetic.TOKENIZERS
+
+source_problems, load, vocab_size, notes = synthetic.registry_functions(TASK)

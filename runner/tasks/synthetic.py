@@ -297,6 +297,8 @@ def evaluate_task(model, data: TaskData, batch_size: int, device: torch.device) 
         row = {"length": L, "accuracy": float(ok.mean()), "exact": float(exact.mean()), "examples": len(s),
                "answers": int(ok.numel()), "beyond_training": L > data.seq_len,
                "by": {t: _buckets(s.tags[t][scored].long(), ok, kind) for t, kind in data.task.TAGS.items()}}
+        if hasattr(data.task, "baseline"):  # a solver without learning on the same examples (sudoku: propagation)
+            row["baseline"] = data.task.baseline(s)
         by_length.append(row)
     at_train = [r for r in by_length if r["length"] <= data.seq_len]
     head = max(at_train, key=lambda r: r["length"]) if at_train else (by_length[0] if by_length else None)
