@@ -73,5 +73,5 @@ def test_an_unknown_objective_is_refused(compose):
     cfg = compose("model=tiny")
     cfg.objective.name = "nope"
     with pytest.raises(ConfigError,
-                       match=r"objective.name='nope' is not a known objective; allowed: \['next_token', 'mdlm'\]"):
+                       match=r"objective.name='nope' is not a known objective; allowed: \['next_token', 'mdlm', 'fill'\]"):
         validate(cfg)
