@@ -35,7 +35,8 @@ from .run_folder import changes
 IDENTITY_KEYS = ("model", "attention", "full", "objective", "ratio", "pattern", "seq_len", "seed", "train", "data",
                  "precision")
 # what a checkpoint written before a setting existed held for it (dotted keys)
-IDENTITY_DEFAULTS = {"objective": {"name": "next_token"}, "data.options": {}}
+IDENTITY_DEFAULTS = {"objective": {"name": "next_token"}, "data.options": {}, "model.recursion": {"name": "none"},
+                     "train.ema": 0.0}
 # settings that do not change the weights: they may differ between the attempts on one checkpoint
 FREE_KEYS = ("train.log_every", "train.eval_every", "train.eval_batches", "train.ckpt_every", "data.cache_dir",
              "data.hub_timeout_s")
@@ -280,13 +281,19 @@ def judge_problems(folder: str) -> tuple[dict, str]:
     return res, ckpt
 
 
+def weights(state: dict) -> dict:
+    """The weights a checkpoint's stages measure: the moving average where the run kept one (train.ema), else the
+    trained weights."""
+    return state["ema"] if state.get("ema") is not None else state["model"]
+
+
 def run_model(res: dict, ckpt: str, vocab_size: int, device, state: Optional[dict] = None):
     """The trained model of a run (its results.json ``res`` and checkpoint path), in eval mode on ``device``;
     ``state``: the checkpoint already loaded from ``ckpt``, if the caller has it."""
     from .model import build_model
 
     model = build_model(OmegaConf.create(res["config"]), int(vocab_size))
-    model.load_state_dict((state if state is not None else load(ckpt))["model"])
+    model.load_state_dict(weights(state if state is not None else load(ckpt)))
     return model.to(device).eval()
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .layout import layer_types
-from .mixers import REGISTRY, make_config, noncausal_problem
+from .mixers import FIXED_LENGTH, REGISTRY, causal_problem, make_config, noncausal_problem
 from .paths import CONF_DIR, EXPERIMENTS_DIR
 from .peakmem import METHODS
 
@@ -44,6 +44,8 @@ class ModelConfig:
     # activation checkpointing per block: training keeps each block's input and recomputes the block in the
     # backward, for less activation memory at the cost of about one more forward per step
     checkpoint: bool = False
+    # recursion=trm (conf/recursion/): the stack is one tiny network run many times (runner/recursion.py)
+    recursion: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})
 
 
 @dataclass
@@ -92,6 +94,9 @@ class TrainConfig:
     eval_every: int = 100  # periodic validation (0 = off)
     eval_batches: int = 4  # batches of the validation split used by periodic validation
     ckpt_every: int = 0  # 0 = checkpoint only at the end
+    # an exponential moving average of the weights (decay per step, e.g. 0.999 as TRM; 0 = none): the stages after
+    # training measure the average, the training itself and its periodic validation the weights being trained
+    ema: float = 0.0
 
 
 @dataclass
@@ -354,6 +359,10 @@ def validate(cfg: DictConfig | Config) -> dict:
     need(finite(t.beta1) and finite(t.beta2) and 0 <= t.beta1 < 1 and 0 <= t.beta2 < 1,
          f"train.beta1={t.beta1}, train.beta2={t.beta2} must be in [0, 1)")
     need(finite(t.grad_clip) and t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 = no clipping)")
+    need(finite(t.ema) and not isinstance(t.ema, bool) and 0 <= t.ema < 1,
+         f"train.ema={t.ema} must be a decay in [0, 1), e.g. 0.999 (0 = no average of the weights)")
+    need(not (t.ema and c.parallel == "fsdp" and world > 1),
+         f"train.ema={t.ema} with parallel=fsdp: the average of sharded weights is not supported; use parallel=ddp")
     for key in ("log_every", "eval_every", "ckpt_every"):
         whole(f"train.{key}", getattr(t, key), 0, None, "", " (0 = off)")
     whole("train.eval_batches", t.eval_batches, 0 if not t.eval_every else 1, 1 << 20, "4",
@@ -439,6 +448,10 @@ def validate(cfg: DictConfig | Config) -> dict:
                             + ", ".join(f"data={n}" for n in sources.names()
                                         if wanted in getattr(sources.get(n), "PROVIDES", ())))
 
+    from . import recursion
+
+    problems.extend(recursion.problems(dict(m.recursion), causal))
+
     lg = c.logger
     need(lg.name in LOGGERS, f"logger.name={lg.name!r} is not known; allowed: {list(LOGGERS)}")
     need(lg.mode in WANDB_MODES, f"logger.mode={lg.mode!r} is not known; allowed: {list(WANDB_MODES)}")
@@ -477,6 +490,17 @@ def validate(cfg: DictConfig | Config) -> dict:
         why = None if causal else noncausal_problem(spec)
         if why:
             problems.append(f"{key}={why}, and objective={obj} needs mixers that see the whole sequence")
+        if causal and causal_problem(spec):
+            problems.append(f"{key}={causal_problem(spec)}: it has no causal form, and objective={obj} predicts "
+                            f"each token from the ones before it; use objective=fill with a fixed-size task "
+                            f"(data=sudoku)")
+        length = getattr(facts[key], "length", None)
+        if name in FIXED_LENGTH and length != c.seq_len:
+            problems.append(f"{key}.length={length} must be seq_len={c.seq_len}: {name} mixes exactly that many "
+                            f"positions (leave it at ${{seq_len}})")
+        if name in FIXED_LENGTH and "bench" in c.stages and list(c.bench.lengths) != [c.seq_len]:
+            problems.append(f"bench.lengths={list(c.bench.lengths)}: {key}={name} runs at seq_len only; use "
+                            f"bench.lengths=[{c.seq_len}]")
     if problems:
         raise ConfigError(problems)
     return facts

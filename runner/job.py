@@ -271,6 +271,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     ``plan`` (runner/checkpoint.plan) says which weights they use; None on the ranks of a torchrun other than 0."""
     from .accel import autocast
     from .bench import bench_generation, run_bench, scaling
+    from .checkpoint import weights as checkpoint_weights
     from .data import load_corpus
     from .evaluate import describe as describe_eval, evaluate
     from .model import build_model
@@ -313,7 +314,8 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     tracker.describe(layer_types=facts["layer_types"], n_params=model.n_params(),
                      n_params_non_embedding=model.n_params(embeddings=False))
     console.print(f"model: {m.name} d_model={m.d_model} layers={''.join(facts['layer_types'])} "
-                  f"({cfg.attention.name} + {cfg.full.name}), {model.n_params():,} parameters")
+                  f"({cfg.attention.name} + {cfg.full.name}), {model.n_params():,} parameters"
+                  + (f", {model.recursion.describe()}" if model.recursion is not None else ""))
 
     state = plan.state if plan is not None else None
     step = int(state["step"]) if state is not None else (cfg.train.steps if "train" in cfg.stages else 0)
@@ -323,7 +325,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
             # a finished training is not run again (under torchrun every rank goes through train() instead: it
             # has nothing left to do there, but its collectives must meet)
             if plan is not None and plan.train_done and tracker.record.get("train") and not dist_info.enabled:
-                distributed.load_full_state(model, state["model"])
+                distributed.load_full_state(model, checkpoint_weights(state))
                 console.print(f"train: already complete ({plan.path} holds step {step} of {cfg.train.steps}); "
                               f"not trained again")
             else:
@@ -335,7 +337,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
                     model = build()
                     model.load_state_dict(full_sd)
         elif plan is not None and plan.source == "checkpoint":
-            distributed.load_full_state(model, state["model"])
+            distributed.load_full_state(model, checkpoint_weights(state))
             total = int(state["identity"]["train"]["steps"])
             console.print(f"weights: {plan.path}, step {step} of {total}"
                           + ("" if step >= total else " [yellow](training not finished: a partly trained model)[/]"))

@@ -15,7 +15,7 @@ import torch.utils.checkpoint
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from . import objectives
+from . import objectives, recursion as recursive
 from .mixers import build_mixer
 from .mixers.base import RMSNorm
 
@@ -71,7 +71,8 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, layer_types: Sequence[str], attention: dict,
                  full: dict, mlp_hidden: Optional[int] = None, norm_eps: float = 1e-6, tie_embeddings: bool = True,
                  init_std: float = 0.02, kernels: str = "torch", objective: str = "next_token",
-                 checkpoint: bool = False, objective_settings: Optional[dict] = None):
+                 checkpoint: bool = False, objective_settings: Optional[dict] = None,
+                 recursion: Optional[dict] = None):
         super().__init__()
         # activation checkpointing per block: training keeps each block's input only and recomputes the block
         # in the backward (the usual remedy for activation memory; about one more forward of time)
@@ -97,6 +98,10 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
         self.norm = RMSNorm(d_model, norm_eps)
         self.head = nn.Linear(d_model, self.n_tokens, bias=False)
         self._init(init_std, n)
+        trm = recursive.settings(recursion)  # recursion=trm: the stack is one tiny network run many times
+        self.recursion = recursive.Recursion(d_model, trm) if trm is not None else None
+        if trm is not None:
+            recursive.lecun_init(self.blocks)
         if tie_embeddings:
             self.head.weight = self.embed.weight
 
@@ -124,6 +129,10 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
         DistributedDataParallel wrapper sees the whole training computation in its forward."""
         if targets is not None:
             return self.loss(idx, targets)
+        if self.recursion is not None:
+            if state is not None or need_state:
+                raise ValueError("a recursive model (recursion=trm) answers a whole input at once; it keeps no state")
+            return recursive.answer(self, idx), None
         x = self.embed(idx)
         new_states = []
         recompute = self.checkpoint and self.training and state is None and not need_state and torch.is_grad_enabled()
@@ -160,6 +169,8 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss for backward, language-model loss in nats/token)."""
+        if self.recursion is not None:  # deep supervision (runner/recursion.py)
+            return recursive.loss(self, idx, targets)
         logits, _ = self(idx)
         lm = objectives.get(self.objective).loss(logits, targets)
         aux = self.aux_loss()
@@ -191,13 +202,26 @@ class HybridLM(nn.Module, PyTorchModelHubMixin, library_name="hybrid-attention-r
     def train_flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs of one token of a window of ``seq_len``: forward and backward, about three forwards
         (Kaplan et al. 2020), at the window's mean context (seq_len + 1) / 2 of a causal model (the whole window of
-        a non-causal one)."""
-        return 3 * self.flops_per_token(max(1, (seq_len + 1) // 2) if self.causal else seq_len)
+        a non-causal one). A recursive model: every pass forward, the last cycle of each supervision step backward
+        too (at the most supervision steps: halting may stop a batch sooner)."""
+        n = max(1, (seq_len + 1) // 2) if self.causal else seq_len
+        if self.recursion is None:
+            return 3 * self.flops_per_token(n)
+        s = self.recursion.settings
+        graded = 1 / s.cycles  # the share of the stack's runs with a backward: the last cycle of every step
+        head = 2 * self.d_model * self.vocab_size * s.supervision_steps
+        stack = self.flops_per_token(n) - head
+        return int(stack * (1 + 2 * graded) + 3 * head)
 
     def flops_per_token(self, n: int) -> int:
-        """Forward FLOPs of one token at context n: mixers + MLPs + head."""
+        """Forward FLOPs of one token at context n: mixers + MLPs + head (a recursive model: the stack as often as
+        all its supervision steps run it, the head once a step)."""
         mlp = sum(2 * sum(p.numel() for p in b.mlp.parameters()) for b in self.blocks)
-        return sum(m.flops_per_token(n) for m in self.mixers) + mlp + 2 * self.d_model * self.vocab_size
+        stack, head = sum(m.flops_per_token(n) for m in self.mixers) + mlp, 2 * self.d_model * self.vocab_size
+        if self.recursion is None:
+            return stack + head
+        s = self.recursion.settings
+        return s.supervision_steps * (s.passes_per_step * stack + head)
 
 
 def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = None, device=None) -> HybridLM:
@@ -219,9 +243,12 @@ def build_model(cfg, vocab_size: int, layer_types: Optional[Sequence[str]] = Non
         node = OmegaConf.select(cfg, "objective", default=None) if OmegaConf.is_config(cfg) else None
         settings = spec(node) if node is not None else {}
         objective = settings.pop("name", None) or "next_token"
+        node = getattr(m, "recursion", None)
+        recursion = spec(node) if node is not None else None
         return HybridLM(vocab_size, m.d_model, m.n_heads, kinds, spec(cfg.attention), spec(cfg.full), m.mlp_hidden,
                         m.norm_eps, m.tie_embeddings, m.init_std, kernels=cfg.kernels, objective=objective,
-                        checkpoint=bool(getattr(m, "checkpoint", False)), objective_settings=settings)
+                        checkpoint=bool(getattr(m, "checkpoint", False)), objective_settings=settings,
+                        recursion=recursion)
 
     if str(device) == "meta":
         with torch.device("meta"):

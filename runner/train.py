@@ -2,8 +2,9 @@
 progress bar, the training curve in metrics.jsonl, and checkpoints that resume exactly.
 
 A checkpoint (``checkpoints/last.pt``, written atomically; runner/checkpoint.py) holds the model, the optimizer, the
-step, the data sampler's and torch's RNG states and the running statistics, so a resumed run continues bit for bit
-where the interrupted one stopped. Checkpoints are written every ``train.ckpt_every`` steps, at the end, and when
+moving average of the weights (``train.ema``, which the later stages measure), the step, the data sampler's and
+torch's RNG states and the running statistics, so a resumed run continues bit for bit where the interrupted one
+stopped. Checkpoints are written every ``train.ckpt_every`` steps, at the end, and when
 the run is asked to stop: SIGTERM (preemption) or a first Ctrl-C finish the current step, save, and stop with
 status ``interrupted`` (runner/stops.py); a second Ctrl-C stops at once.
 """
@@ -50,6 +51,16 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
+def moving_average(model, decay: float):
+    """train.ema: an exponential moving average of the weights (and buffers) after every step, as TRM keeps
+    (torch.optim.swa_utils); None for decay 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: str, dist_info=None,
           resume_state: dict | None = None) -> dict:
     """Runs (or resumes) cfg.train.steps optimisation steps; returns the train section of results.json.
@@ -67,6 +78,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
     gen = torch.Generator().manual_seed(cfg.seed)
     vx, vy = corpus.val_windows(seq_len, tc.eval_batches * tc.batch_size * seq_len)
     opt = make_optimizer(model, tc)
+    ema = moving_average(model, tc.ema)
     ckpt = checkpoint_path(run_dir)
     tokens_per_step = tc.batch_size * seq_len
     flops_per_token = model.train_flops_per_token(seq_len)  # the curve's compute axis (metrics.jsonl "flops")
@@ -76,6 +88,9 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
         state = load_checkpoint(ckpt, map_location="cpu")  # rank 0 checked its identity (checkpoint.plan)
     if state is not None:
         distributed.load_full_state(model, state["model"], opt, state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            ema.n_averaged.fill_(int(state["step"]))
         gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, recent, train_time = state["step"], state["recent"], state["train_time"]
@@ -94,6 +109,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
         model_sd, optim_sd = distributed.full_state(model, opt)
         if dist_info.is_main:
             save_checkpoint(ckpt, {"identity": identity(cfg), "model": model_sd, "optimizer": optim_sd,
+                                   "ema": None if ema is None else ema.module.state_dict(),
                                    "step": step, "recent": recent, "train_time": train_time,
                                    "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()})
         saved["step"] = step
@@ -129,6 +145,8 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             train_time += time.perf_counter() - t0
             recent = (recent + [lm_val])[-10:]
             done = step + 1
@@ -165,6 +183,10 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                                 f"{tc.lr}) or keep train.grad_clip on (now {tc.grad_clip}), in a new run folder")
         if tc.steps and start < tc.steps:
             checkpoint(tc.steps)  # inside: a stop asked for during the last step waits for this checkpoint
+    if ema is not None:  # the stages after training measure the average (runner/checkpoint.weights)
+        model.load_state_dict(ema.module.state_dict())
+        tracker.console.print(f"train: the stages after training measure the moving average of the weights "
+                              f"(train.ema={tc.ema})")
     return {"steps": tc.steps, "tokens": tc.steps * tokens_per_step,
             "tokens_per_s": tc.steps * tokens_per_step / max(train_time, 1e-9),
             "final_loss": sum(recent) / len(recent) if recent else None,

@@ -19,9 +19,10 @@ def available_mixers() -> list:
     """Registered mixers whose module exists in this checkout."""
     import importlib.util
 
-    from ..mixers import REGISTRY
+    from ..mixers import FIXED_LENGTH, REGISTRY
 
-    return [n for n, (mod, *_rest) in REGISTRY.items() if importlib.util.find_spec(mod) is not None]
+    return [n for n, (mod, *_rest) in REGISTRY.items()
+            if n not in FIXED_LENGTH and importlib.util.find_spec(mod) is not None]  # (one length: no curve in n)
 
 
 def parse_ours(text: str) -> dict:

@@ -24,11 +24,17 @@ REGISTRY: dict[str, tuple[str, str, str, bool]] = {
     "gated_deltanet": ("runner.mixers.gated_deltanet", "GatedDeltaNet", "GatedDeltaNetConfig", False),
     "kda": ("runner.mixers.kda", "KimiDeltaAttention", "KDAConfig", False),
     "mamba2": ("runner.mixers.mamba2", "Mamba2", "Mamba2Config", False),
+    "position_mlp": ("runner.mixers.position_mlp", "PositionMLP", "PositionMLPConfig", False),
 }
+# mixers of one fixed length that run only non-causally (the cells of a grid): the checks and tools that sweep every
+# mixer over lengths or causal objectives (the bench ladder, the memory calculator, decoding) leave them out
+FIXED_LENGTH = frozenset({"position_mlp"})
 
 
-def mixer_names(quadratic: bool | None = None) -> list[str]:
-    return [n for n, (_, _, _, q) in REGISTRY.items() if quadratic is None or q == quadratic]
+def mixer_names(quadratic: bool | None = None, fixed_length: bool = True) -> list[str]:
+    """The registered mixers (only the quadratic or linear ones; without the fixed-length ones)."""
+    return [n for n, (_, _, _, q) in REGISTRY.items()
+            if (quadratic is None or q == quadratic) and (fixed_length or n not in FIXED_LENGTH)]
 
 
 def _load(name: str):
@@ -80,15 +86,21 @@ def noncausal_problem(spec: Mapping[str, Any]) -> str | None:
     return None
 
 
+def causal_problem(spec: Mapping[str, Any]) -> str | None:
+    """Why the mixer ``spec`` names cannot run causally, or None when it can."""
+    cls, _ = _load(spec.get("name"))
+    return None if cls.causal_capable else f"{spec.get('name')!r} mixes every position with every other"
+
+
 def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: int = 0, n_layers: int = 1,
                 kernels: str = "torch", causal: bool = True) -> Mixer:
     """The mixer ``spec`` names, for layer ``layer_idx`` of ``n_layers``; ``kernels``: the backend of its chunked
     ops (runner/ops/backends.py); ``causal=False``: every position sees the whole sequence (the quadratic mixers
     without their mask, the linear ones as two passes, runner/mixers/bidirectional.py)."""
     cls, _ = _load(spec.get("name"))
-    why = None if causal else noncausal_problem(spec)
+    why = causal_problem(spec) if causal else noncausal_problem(spec)
     if why:
-        raise ValueError(f"{why}: it cannot run non-causally")
+        raise ValueError(f"{why}: it cannot run {'causally' if causal else 'non-causally'}")
     cfg = make_config(spec, d_model, n_heads)
     mixer = cls(d_model, cfg, layer_idx=layer_idx, n_layers=n_layers)
     mixer.kernels = kernels
@@ -102,5 +114,5 @@ def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: 
     return Bidirectional(mixer)
 
 
-__all__ = ["Mixer", "MixerConfig", "State", "state_nbytes", "REGISTRY", "mixer_names", "make_config", "build_mixer",
-           "noncausal_problem"]
+__all__ = ["Mixer", "MixerConfig", "State", "state_nbytes", "REGISTRY", "FIXED_LENGTH", "mixer_names", "make_config",
+           "build_mixer", "noncausal_problem", "causal_problem"]

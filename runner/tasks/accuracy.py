@@ -34,6 +34,12 @@ def describe(ev: dict) -> list[str]:
             b = r["baseline"]
             lines.append(f"  baseline at {r['length']}, {b['name']}: answer accuracy {b['accuracy']:.3f}, exact "
                          f"{b['exact']:.3f}")
+        if "by_supervision_step" in r:
+            st = r["by_supervision_step"]
+            per = ", ".join(f"{x['step']}: {x['exact']:.3f}" for x in st["steps"])
+            h = st["halted"]
+            lines.append(f"  exact after each supervision step {per}; where the halting head stops (mean "
+                         f"{h['mean_steps']:.1f} steps): exact {h['exact']:.3f}, answer accuracy {h['accuracy']:.3f}")
     return lines
 
 
@@ -62,6 +68,23 @@ def _groups(jobs: list) -> dict:
     return out
 
 
+def _supervision_lines(task: str, configs: dict, table, fmt) -> list[str]:
+    """The recursive models' exact accuracy after each supervision step, and where their halting head stops, at
+    the training length (mean ± interval over the seeds)."""
+    rec = {name: [run[g["train"]]["by_supervision_step"] for run in g["runs"]
+                  if "by_supervision_step" in run.get(g["train"], {})] for name, g in configs.items()}
+    rec = {name: runs for name, runs in rec.items() if runs}
+    if not rec:
+        return []
+    steps = max(len(r["steps"]) for runs in rec.values() for r in runs)
+    rows = [[name, *(_cell([r["steps"][i]["exact"] for r in runs if len(r["steps"]) > i], fmt) for i in range(steps)),
+             _cell([r["halted"]["exact"] for r in runs], fmt), _cell([r["halted"]["mean_steps"] for r in runs], fmt)]
+            for name, runs in rec.items()]
+    return ([f"Recursive models ({task}): exact accuracy after each supervision step, and where the halting head "
+             f"stops (its exact accuracy, its mean number of steps):", ""]
+            + table(["config", *(f"step {i + 1}" for i in range(steps)), "halted", "halted steps"], rows) + [""])
+
+
 def report_lines(jobs: list, table, fmt) -> list[str]:
     """Per task: answer accuracy by test length (mean ± 95% interval half-width over the seeds, n), and for each
     tag at the training length."""
@@ -84,6 +107,7 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
                 name = next(b for bs in base.values() for b in bs)["name"]
                 rows.append([f"baseline: {name}", "-", *(_cell([b[key] for b in base[L]], fmt) for L in lengths)])
             lines += ([words, ""] if words else []) + table(head, rows) + [""]
+        lines += _supervision_lines(task, configs, table, fmt)
         tags = sorted({t for g in configs.values() for run in g["runs"] for r in run.values() for t in r["by"]})
         for tag in tags:
             keys, cells = [], {}

@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from .. import recursion
 from ..scoring import IGNORE, per_position
 
 GEN_VERSION = 1  # bump when a generator's output changes (it is part of every task's fingerprint)
@@ -299,6 +300,9 @@ def evaluate_task(model, data: TaskData, batch_size: int, device: torch.device) 
                "by": {t: _buckets(s.tags[t][scored].long(), ok, kind) for t, kind in data.task.TAGS.items()}}
         if hasattr(data.task, "baseline"):  # a solver without learning on the same examples (sudoku: propagation)
             row["baseline"] = data.task.baseline(s)
+        if getattr(model, "recursion", None) is not None:  # recursion=trm: after each supervision step, and halted
+            row["by_supervision_step"] = recursion.by_supervision_step(model, s.x.long().to(device),
+                                                                       s.y.long().to(device), bs)
         by_length.append(row)
     at_train = [r for r in by_length if r["length"] <= data.seq_len]
     head = max(at_train, key=lambda r: r["length"]) if at_train else (by_length[0] if by_length else None)
