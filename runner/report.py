@@ -209,7 +209,8 @@ def _label(jobs: list[dict]) -> None:
             names.append(str(j["full"]))
         extra = ([f"T={j['seq_len']}"] if vary_t else []) + ([str(j.get("objective"))] if vary_obj else [])
         flat = _flat(j["results"].get("config") or {})
-        j["settings"] = {k: flat.get(k) for k in others}
+        # the varying settings this job has (model.recursion.cycles in the recursive jobs, not "None" in the others)
+        j["settings"] = {k: flat.get(k) for k in others if k in flat}
         settings = [f"{k}={_setting(v)}" for k, v in j["settings"].items()]
         seed = [f"seed={j['seed']}"] if vary_seed else []
         j["layout"] = str(j["pattern"] or j["ratio"])
