@@ -27,6 +27,14 @@ def lazy_registry(entries: dict, unknown: str) -> tuple[Callable[[], list], Call
     return names, get
 
 
+def whole(out: list, key: str, v, lo: int, hi: int, eg, why: str = "") -> bool:
+    """Append a message unless ``v`` is a whole number in [lo, hi]; True when it is."""
+    if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+        return True
+    out.append(f"{key}={v!r} must be a whole number in [{lo}, {hi}]{why}, e.g. {eg}")
+    return False
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write ``path`` so that a reader (or a resumed run) sees the old file or the new one, never part of one:
     ``write(tmp)`` writes a temporary file in the same folder, which is flushed to disk and renamed over ``path``;

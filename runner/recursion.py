@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import whole
 from .objectives.next_token import IGNORE
 
 NAMES = ("none", "trm")
@@ -63,9 +64,7 @@ def problems(spec: dict, objective_causal: bool) -> list[str]:
     out = [f"model.recursion.{k} is not a setting of recursion=trm; its settings: {sorted(known)}"
            for k in spec if k not in known]
     for key, hi in (("latent_steps", 64), ("cycles", 64), ("supervision_steps", 256)):
-        v = spec.get(key, known[key])
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-            out.append(f"model.recursion.{key}={v!r} must be a whole number in [1, {hi}], e.g. {known[key]}")
+        whole(out, f"model.recursion.{key}", spec.get(key, known[key]), 1, hi, known[key])
     if not isinstance(spec.get("halting", True), bool):
         out.append(f"model.recursion.halting={spec['halting']!r} is not a switch; use true or false")
     if objective_causal:

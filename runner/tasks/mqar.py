@@ -32,8 +32,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..common import whole
 from ..scoring import IGNORE, per_position
-from .synthetic import ExampleSource, power_of_two_edges, whole
+from .synthetic import ExampleSource, power_of_two_edges
 
 GEN_VERSION = 1  # bump when the generator's output changes
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 
 from . import synthetic
+from ..common import whole
 from ..scoring import IGNORE
-from .synthetic import Examples, Task, as_examples, whole
+from .synthetic import Examples, Task, as_examples
 
 
 class MultiHop(Task):

@@ -25,9 +25,10 @@ import torch
 
 from . import synthetic
 from .. import sources
+from ..common import whole
 from ..corpus import DataSettingError
 from ..scoring import IGNORE
-from .synthetic import Examples, Task, TaskData, as_examples, whole
+from .synthetic import Examples, Task, TaskData, as_examples
 
 NEEDLE, QUERY, ANSWER = 256, 257, 258
 HAYSTACKS = ("stdlib", "text", "hf", "repeat", "noise")

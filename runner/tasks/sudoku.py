@@ -24,8 +24,9 @@ from typing import Optional
 import torch
 
 from . import synthetic
+from ..common import whole
 from ..scoring import IGNORE
-from .synthetic import Examples, Task, as_examples, whole
+from .synthetic import Examples, Task, as_examples
 
 CELLS = 81
 ALL = 0x3FE  # bits 1..9: every digit possible

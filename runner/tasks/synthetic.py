@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from .. import recursion
+from ..common import whole
 from ..scoring import IGNORE, per_position
 
 GEN_VERSION = 1  # bump when a generator's output changes (it is part of every task's fingerprint)
@@ -164,14 +165,6 @@ class Task:
             return [f"data.options.test_lengths={list(given)}: data={self.name} with these settings needs examples "
                     f"of at least {self.min_length()} tokens"]
         return []
-
-
-def whole(out: list, key: str, v, lo: int, hi: int, eg, why: str = "") -> bool:
-    """Append a message unless ``v`` is a whole number in [lo, hi]; True when it is."""
-    if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
-        return True
-    out.append(f"{key}={v!r} must be a whole number in [{lo}, {hi}]{why}, e.g. {eg}")
-    return False
 
 
 def _shares(n: int, parts: int) -> list[int]:
