@@ -26,8 +26,9 @@ REGISTRY: dict[str, tuple[str, str, str, bool]] = {
     "mamba2": ("runner.mixers.mamba2", "Mamba2", "Mamba2Config", False),
     "position_mlp": ("runner.mixers.position_mlp", "PositionMLP", "PositionMLPConfig", False),
 }
-# mixers of one fixed length that run only non-causally (the cells of a grid): the checks and tools that sweep every
-# mixer over lengths or causal objectives (the bench ladder, the memory calculator, decoding) leave them out
+# mixers of one fixed length (the cells of a grid), whose position t reads every position: they have no causal form,
+# so they run with non-causal objectives only (causal_problem), and the checks and tools that sweep every mixer over
+# lengths or causal objectives (the bench ladder, the memory calculator, decoding) leave them out
 FIXED_LENGTH = frozenset({"position_mlp"})
 
 
@@ -88,8 +89,9 @@ def noncausal_problem(spec: Mapping[str, Any]) -> str | None:
 
 def causal_problem(spec: Mapping[str, Any]) -> str | None:
     """Why the mixer ``spec`` names cannot run causally, or None when it can."""
-    cls, _ = _load(spec.get("name"))
-    return None if cls.causal_capable else f"{spec.get('name')!r} mixes every position with every other"
+    name = spec.get("name")
+    _load(name)  # an unknown name is refused as everywhere else
+    return f"{name!r} mixes every position with every other" if name in FIXED_LENGTH else None
 
 
 def build_mixer(spec: Mapping[str, Any], d_model: int, n_heads: int, layer_idx: int = 0, n_layers: int = 1,

@@ -84,7 +84,6 @@ class Mixer(nn.Module):
     bidirectional: bool = True
     native_noncausal: bool = False
     causal: bool = True
-    causal_capable: bool = True  # False: no causal form at all (an MLP over positions), non-causal objectives only
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, *, need_state: bool = True):
         raise NotImplementedError

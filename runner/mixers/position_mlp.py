@@ -47,7 +47,6 @@ class PositionMLP(Mixer):
     quadratic = False
     bidirectional = True
     native_noncausal = True
-    causal_capable = False  # position t reads every position: there is no causal form
 
     def __init__(self, d_model: int, cfg: PositionMLPConfig, layer_idx: int = 0, n_layers: int = 1):
         super().__init__()
