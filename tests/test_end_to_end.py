@@ -20,6 +20,15 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, env=env)
 
 
+def start_cli(run_dir, *args) -> subprocess.Popen:
+    """The runner started in the background in ``run_dir``, for the tests that interrupt it; stdout and stderr
+    together in one pipe."""
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "runner", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
 def loss_curve(run_dir) -> list[float]:
     """The training losses a run logged to its metrics.jsonl, in order."""
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]

@@ -7,25 +7,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from bad_inputs import run_cli as run_quiet
-from test_end_to_end import ROOT, run_cli
-
-RUN = ["attention=softmax", "model=tiny", "seq_len=32", "train.steps=40", "train.batch_size=4", "train.log_every=1",
-       "train.eval_every=10", "train.warmup_steps=4", "train.ckpt_every=5", "eval.max_tokens=1024",
-       "stages=[train,eval]", "data.max_bytes=200000", "threads=1"]
-
-
-def _start(run_dir, *args):
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "runner", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+from test_end_to_end import run_cli
+from test_end_to_end import start_cli as _start
+from test_resume import RUN
 
 
 def _record(run_dir):

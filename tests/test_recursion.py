@@ -2,10 +2,7 @@
 travel detached between steps, halting stops a batch when the head is confident, the evaluation's per-step
 accuracies end where the plain evaluation is, the settings are checked, and a recursive run resumes bit for bit."""
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -154,7 +151,7 @@ RUN = ["recursion=trm", "objective=fill", "data=sudoku", "seq_len=81", "model=ti
 
 
 def test_a_recursive_run_resumes_bit_for_bit(tmp_path):
-    from test_end_to_end import ROOT, run_cli
+    from test_end_to_end import run_cli, start_cli
     from test_resume import _wait_for_checkpoint
 
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -162,9 +159,7 @@ def test_a_recursive_run_resumes_bit_for_bit(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     said = " ".join(p.stdout.split())
     assert "recursion trm: 2 supervision steps x 2 cycles" in said and "exact after each supervision step 1:" in said
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={cut}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(cut, *RUN)
     _wait_for_checkpoint(cut, proc, min_step=6)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -4,13 +4,11 @@ bit. (More ways a run ends: tests/test_faults.py.)"""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import torch
 
-from test_end_to_end import ROOT, run_cli
+from test_end_to_end import run_cli, start_cli
 
 RUN = ["attention=softmax", "model=tiny", "seq_len=32", "train.steps=40", "train.batch_size=4", "train.log_every=1",
        "train.eval_every=10", "train.warmup_steps=4", "train.ckpt_every=5", "eval.max_tokens=1024",
@@ -22,9 +20,7 @@ def _curve(run_dir):
 
 
 def _start(run_dir, *extra):
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "runner", *RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return start_cli(run_dir, *RUN, *extra)
 
 
 def _wait_for_checkpoint(run_dir, proc, min_step=5, timeout=120):
