@@ -196,9 +196,11 @@ def _anyone_running(active: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
+def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[dict, torch.Tensor]:
     """Answer and exact accuracy after each supervision step, and where the halting head would stop each example
-    (its first step with a halting logit > 0, else the last): {"steps": [...], "halted": {...}}."""
+    (its first step with a halting logit > 0, else the last): ({"steps": [...], "halted": {...}}, which answers
+    the last step has right, (N, T) bool on the CPU, as the model's own forward scores them), in one pass."""
+    was_training = model.training
     model.eval()
     scored = y != IGNORE
     per_step, halted_at, halted_ok = [], [], []
@@ -221,5 +223,7 @@ def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int
                     "exact": float((ok | ~scored).all(1).double().mean())})
     ok = torch.cat(halted_ok)
     at = torch.cat(halted_at).double() + 1
-    return {"steps": out, "halted": {"mean_steps": float(at.mean()), "accuracy": float(ok[scored].double().mean()),
-                                     "exact": float((ok | ~scored).all(1).double().mean())}}
+    model.train(was_training)
+    return ({"steps": out, "halted": {"mean_steps": float(at.mean()), "accuracy": float(ok[scored].double().mean()),
+                                      "exact": float((ok | ~scored).all(1).double().mean())}},
+            ok_all[-1].cpu())

@@ -116,11 +116,12 @@ def test_inference_runs_every_step_and_the_per_step_accuracy_ends_at_the_answer(
         every = list(recursion.steps(model, x))
         model.recursion.halt.weight.normal_(0, 1.0)
         model.recursion.halt.bias.zero_()
-        out = recursion.by_supervision_step(model, x, y, batch_size=2)
+        out, last = recursion.by_supervision_step(model, x, y, batch_size=2)
     assert state is None and len(every) == STEPS
     torch.testing.assert_close(logits, every[-1][0])
     scored = y != IGNORE
     ok = (logits.argmax(-1) == y) & scored
+    assert torch.equal(last, ok) and not model.training
     assert out["steps"][-1]["accuracy"] == pytest.approx(float(ok[scored].double().mean()))
     assert [s["step"] for s in out["steps"]] == list(range(1, STEPS + 1))
     q = torch.stack([qs for _, qs in recursion.steps(model, x)])  # (steps, B)

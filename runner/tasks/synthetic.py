@@ -283,8 +283,13 @@ def evaluate_task(model, data: TaskData, batch_size: int, device: torch.device) 
         if not len(s):
             continue
         bs = max(1, batch_size * data.seq_len // max(L, data.seq_len))
-        correct = per_position(model, s.x.long().to(device), s.y.long().to(device), bs,
-                               lambda logits, y: (logits.argmax(-1) == y) & (y != IGNORE), torch.bool)
+        x, y = s.x.long().to(device), s.y.long().to(device)
+        steps = None
+        if getattr(model, "recursion", None) is not None:  # recursion=trm: after each supervision step, and halted
+            steps, correct = recursion.by_supervision_step(model, x, y, bs)
+        else:
+            correct = per_position(model, x, y, bs, lambda logits, y: (logits.argmax(-1) == y) & (y != IGNORE),
+                                   torch.bool)
         scored = s.y != IGNORE
         ok = correct[scored].double()
         exact = (correct | ~scored).all(1).double()
@@ -293,9 +298,8 @@ def evaluate_task(model, data: TaskData, batch_size: int, device: torch.device) 
                "by": {t: _buckets(s.tags[t][scored].long(), ok, kind) for t, kind in data.task.TAGS.items()}}
         if hasattr(data.task, "baseline"):  # a solver without learning on the same examples (sudoku: propagation)
             row["baseline"] = data.task.baseline(s)
-        if getattr(model, "recursion", None) is not None:  # recursion=trm: after each supervision step, and halted
-            row["by_supervision_step"] = recursion.by_supervision_step(model, s.x.long().to(device),
-                                                                       s.y.long().to(device), bs)
+        if steps is not None:
+            row["by_supervision_step"] = steps
         by_length.append(row)
     at_train = [r for r in by_length if r["length"] <= data.seq_len]
     head = max(at_train, key=lambda r: r["length"]) if at_train else (by_length[0] if by_length else None)
