@@ -2,7 +2,9 @@
 
 The floor counts what training cannot do without: the parameters with their gradients and AdamW's two moments
 (4 x 4 bytes per parameter in float32) and the logits of one batch with their gradient (2 x 4 bytes per token and
-vocabulary entry). Activations come on top, so a configuration under the floor can still run out of memory later
+vocabulary entry), once per deep-supervision step for a recursive model (recursion=trm keeps every step's logits
+until the backward, and at the start of training, before its halting head has learnt to stop, every step runs).
+Activations come on top, so a configuration under the floor can still run out of memory later
 (that is reported as such, runner/errors.py); one above it cannot run and is refused here. The parameters are
 counted exactly, on a model built on PyTorch's meta device (no memory, milliseconds).
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import os
 from typing import Optional
+
+from . import recursion
 
 BYTES_PER_PARAM = 16  # float32 weight, gradient, and AdamW's first and second moments
 BYTES_PER_LOGIT = 8  # float32 logit and its gradient
@@ -75,13 +79,17 @@ def problem(cfg, facts: dict, device_type: str) -> Optional[str]:
     n = count_params(cfg, facts["layer_types"])
     tc = cfg.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    logits = tc.batch_size // max(1, world) * cfg.seq_len * vocab_size(cfg) * BYTES_PER_LOGIT
+    rec = recursion.settings(cfg.model.get("recursion"))
+    copies = rec.supervision_steps if rec is not None else 1
+    logits = copies * tc.batch_size // max(1, world) * cfg.seq_len * vocab_size(cfg) * BYTES_PER_LOGIT
     params = n * BYTES_PER_PARAM // (world if cfg.parallel == "fsdp" else 1)
     need = params + logits
     if need <= total:
         return None
+    each = f" x {copies} supervision steps" if rec is not None else ""
+    fewer = ", fewer model.recursion.supervision_steps" if rec is not None else ""
     return (f"this training cannot fit {whose} {total / 1e9:.1f} GB of memory: it needs at least {need / 1e9:.1f} "
             f"GB before any activation ({n:,} parameters x {BYTES_PER_PARAM} bytes for weights, gradients and AdamW "
             f"state = {params / 1e9:.1f} GB, and {logits / 1e9:.1f} GB of logits for train.batch_size="
-            f"{tc.batch_size} x seq_len={cfg.seq_len} x {vocab_size(cfg)} tokens). Choose a smaller model "
-            f"(model=..., model.d_model, model.n_layers), a smaller train.batch_size or a shorter seq_len")
+            f"{tc.batch_size} x seq_len={cfg.seq_len} x {vocab_size(cfg)} tokens{each}). Choose a smaller model "
+            f"(model=..., model.d_model, model.n_layers), a smaller train.batch_size{fewer} or a shorter seq_len")

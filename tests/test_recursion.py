@@ -258,3 +258,18 @@ def test_a_moving_average_decay_outside_0_1_is_refused(compose, value):
 
     with pytest.raises(ConfigError, match=r"train.ema=.* must be a decay in \[0, 1\), e.g. 0.999"):
         validate(compose(f"train.ema={value}"))
+
+
+def test_the_fit_check_counts_every_supervision_steps_logits(compose, monkeypatch):
+    """Deep supervision keeps each step's logits until the backward: the memory floor has N copies of them."""
+    from runner import fit
+    from runner.config import validate
+
+    args = [a for a in RUN if not a.startswith("model.recursion.supervision_steps")] + ["train.batch_size=1000"]
+    one_batch = 1000 * 81 * fit.vocab_size(compose(*args)) * fit.BYTES_PER_LOGIT
+    monkeypatch.setattr(fit, "machine_memory", lambda device: (20 * one_batch, "this machine's"))
+    for steps, fits in ((16, True), (32, False)):
+        cfg = compose(*args, f"model.recursion.supervision_steps={steps}")
+        why = fit.problem(cfg, validate(cfg), "cpu")
+        assert (why is None) == fits, why
+    assert "x 32 supervision steps" in why and "fewer model.recursion.supervision_steps" in why
