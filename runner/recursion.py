@@ -104,6 +104,7 @@ class Recursion(nn.Module):
         self.halt = nn.Linear(d_model, 1)
         nn.init.zeros_(self.halt.weight)
         nn.init.constant_(self.halt.bias, -5.0)
+        self.steps_run = 0  # the supervision steps the last call of loss() ran (training logs them)
 
     def describe(self) -> str:
         s = self.settings
@@ -183,6 +184,7 @@ def loss(model, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
         active = active & ~stop
         if not _anyone_running(active):
             break
+    model.recursion.steps_run = run
     return total / run, final_nll.sum() / n_answers.sum().clamp(min=1)
 
 
@@ -198,8 +200,9 @@ def _anyone_running(active: torch.Tensor) -> bool:
 @torch.no_grad()
 def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[dict, torch.Tensor]:
     """Answer and exact accuracy after each supervision step, and where the halting head would stop each example
-    (its first step with a halting logit > 0, else the last): ({"steps": [...], "halted": {...}}, which answers
-    the last step has right, (N, T) bool on the CPU, as the model's own forward scores them), in one pass."""
+    (its first step with a halting logit > 0, else the last), over all examples and by the step it stops at:
+    ({"steps": [...], "halted": {...}}, which answers the last step has right, (N, T) bool on the CPU, as the
+    model's own forward scores them), in one pass."""
     was_training = model.training
     model.eval()
     scored = y != IGNORE
@@ -222,8 +225,15 @@ def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int
         out.append({"step": i + 1, "accuracy": float(ok[scored].double().mean()),
                     "exact": float((ok | ~scored).all(1).double().mean())})
     ok = torch.cat(halted_ok)
-    at = torch.cat(halted_at).double() + 1
+    at = torch.cat(halted_at) + 1
     model.train(was_training)
-    return ({"steps": out, "halted": {"mean_steps": float(at.mean()), "accuracy": float(ok[scored].double().mean()),
-                                      "exact": float((ok | ~scored).all(1).double().mean())}},
+    return ({"steps": out, "halted": {"mean_steps": float(at.double().mean()), **_scores(ok, scored),
+                                      "by_step": [{"step": int(i), "examples": int((at == i).sum()),
+                                                   **_scores(ok[at == i], scored[at == i])}
+                                                  for i in torch.unique(at).tolist()]}},
             ok_all[-1].cpu())
+
+
+def _scores(ok: torch.Tensor, scored: torch.Tensor) -> dict:
+    """Answer and exact accuracy of the examples (rows) whose right answers are ``ok`` (N, T)."""
+    return {"accuracy": float(ok[scored].double().mean()), "exact": float((ok | ~scored).all(1).double().mean())}

@@ -121,6 +121,7 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
     with stops.deferred(), Progress(*columns, console=tracker.console, transient=False) as bar:
         task = bar.add_task("train", total=tc.steps, completed=start, loss="-", tps="-")
         mark = (start, train_time)  # (steps, training seconds) at the previous log row
+        supervised = []  # recursion=trm: the supervision steps each batch since the previous log row ran
         for step in range(start, tc.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, tc)
@@ -149,6 +150,8 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                 ema.update_parameters(model)
             train_time += time.perf_counter() - t0
             recent = (recent + [lm_val])[-10:]
+            if getattr(model, "recursion", None) is not None:  # deep supervision: the steps this batch ran
+                supervised.append(model.recursion.steps_run)
             done = step + 1
             # tokens/s since the previous log row: what the machine does now (a first compiled step, an evaluation
             # or a slowdown shows where it happens); results.json keeps the average over the whole run
@@ -168,6 +171,9 @@ def train(model, corpus: Corpus, cfg, tracker, device: torch.device, run_dir: st
                     torch.set_rng_state(rng)
                     model.train()
             if row is not None:
+                if supervised:
+                    row["supervision_steps"] = sum(supervised) / len(supervised)  # mean since the previous row
+                    supervised = []
                 tracker.log(row)
                 mark = (done, train_time)
             if stop_any > 0:

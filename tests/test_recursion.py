@@ -106,6 +106,7 @@ def test_halting_stops_the_batch_when_the_head_is_confident(halting, bias, steps
     with torch.no_grad():
         model.recursion.halt.bias.fill_(bias)
     assert _backward_passes(model, x, y)["forward"] == steps * CYCLES * (N_LATENT + 1)
+    assert model.recursion.steps_run == steps  # what training logs (metrics.jsonl "supervision_steps")
 
 
 def test_inference_runs_every_step_and_the_per_step_accuracy_ends_at_the_answer():
@@ -127,6 +128,12 @@ def test_inference_runs_every_step_and_the_per_step_accuracy_ends_at_the_answer(
     q = torch.stack([qs for _, qs in recursion.steps(model, x)])  # (steps, B)
     first = [next((i + 1 for i in range(STEPS) if q[i, b] > 0), STEPS) for b in range(len(x))]
     assert out["halted"]["mean_steps"] == pytest.approx(sum(first) / len(first))
+    by = out["halted"]["by_step"]
+    assert [(b["step"], b["examples"]) for b in by] == sorted((s, first.count(s)) for s in set(first))
+    right = torch.stack([((lg.argmax(-1) == y) | ~scored).all(1) for lg, _ in every])  # (steps, B)
+    for b in by:
+        solved = [bool(right[s - 1, i]) for i, s in enumerate(first) if s == b["step"]]
+        assert b["exact"] == pytest.approx(sum(solved) / len(solved))
     with pytest.raises(ValueError, match="keeps no state"):
         model(x, need_state=True)
 
@@ -180,6 +187,7 @@ def test_a_recursive_run_resumes_bit_for_bit(tmp_path):
     assert "measure the moving average of the weights" in p.stdout
     row = a["eval"]["accuracy"]["by_length"][0]
     assert len(row["by_supervision_step"]["steps"]) == 2
+    assert all(1 <= r["supervision_steps"] <= 2 for r in curve if "loss" in r)  # each batch's steps run
     assert row["by_supervision_step"]["steps"][-1]["exact"] == row["exact"]
 
 

@@ -38,8 +38,10 @@ def describe(ev: dict) -> list[str]:
             st = r["by_supervision_step"]
             per = ", ".join(f"{x['step']}: {x['exact']:.3f}" for x in st["steps"])
             h = st["halted"]
+            at = ", ".join(f"{b['step']}: {b['examples']} ({b['exact']:.3f})" for b in h.get("by_step", []))
             lines.append(f"  exact after each supervision step {per}; where the halting head stops (mean "
-                         f"{h['mean_steps']:.1f} steps): exact {h['exact']:.3f}, answer accuracy {h['accuracy']:.3f}")
+                         f"{h['mean_steps']:.1f} steps): exact {h['exact']:.3f}, answer accuracy {h['accuracy']:.3f}"
+                         + (f"; examples stopping at each step (their exact) {at}" if at else ""))
     return lines
 
 
