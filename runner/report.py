@@ -49,6 +49,15 @@ def _task_columns() -> dict:
     return {col: fn for name in evals.names() for col, fn in getattr(evals.get(name), "CSV", {}).items()}
 
 
+def _job_columns(ev: dict) -> dict:
+    """summary.csv columns that depend on what a job was scored on (runner/evals: a task's ``columns(ev)``, e.g.
+    one per lm-eval task and metric), after the fixed ones."""
+    from . import evals
+
+    found = (getattr(evals.get(name), "columns", None) for name in evals.names())
+    return {col: v for columns in found if columns is not None for col, v in columns(ev).items()}
+
+
 def csv_columns() -> list[str]:
     """summary.csv's columns: the job, its configuration and outcome, the headline numbers, the registered
     evaluation tasks' own columns, and the cost-versus-n figures."""
@@ -132,7 +141,7 @@ def _job(path: str, sweep_dir: str) -> dict:
         full_fraction=(lt.count("F") / len(lt)) if lt else None,
         train_tokens_per_s=train.get("tokens_per_s"), final_loss=train.get("final_loss"),
         eval_loss=ev.get("loss"), ppl=ev.get("ppl"), bpb=ev.get("bpb"), unigram_bpb=ev.get("unigram_bpb"),
-        **{col: fn(ev) for col, fn in _task_columns().items()},
+        **{col: fn(ev) for col, fn in _task_columns().items()}, extra=_job_columns(ev),
         rows=[r for r in (res.get("bench") or []) if isinstance(r, dict) and r.get("status", "ok") == "ok"
               and _pos(r.get("n"))],
     )
@@ -324,9 +333,10 @@ def _write_csv(path: str, jobs: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     columns = csv_columns()
+    columns += sorted({c for j in jobs for c in j.get("extra", {})} - set(columns))
     w.writerow(columns)
     for j in jobs:
-        row = dict(j, error=j["error_head"])
+        row = {**j.get("extra", {}), **j, "error": j["error_head"]}
         w.writerow([_csv_value(row.get(c)) for c in columns])
     atomic_write_text(path, buf.getvalue())
 

@@ -29,6 +29,17 @@ def interval(values: Iterable[Optional[float]], level: float = LEVEL) -> dict:
     return out
 
 
+def mean_text(values: Iterable[Optional[float]], spec: str = ".3f") -> str:
+    """The report's cell for a few seeds' values: "mean ± the half-width of the 95% interval (n)", "mean (1)" for
+    one value, "-" for none."""
+    s = interval(values)
+    if not s["n"]:
+        return "-"
+    if s["half"] is None:
+        return f"{s['mean']:{spec}} (1)"
+    return f"{s['mean']:{spec}} ± {s['half']:{spec}} ({s['n']})"
+
+
 def paired(a: Mapping, b: Mapping, level: float = LEVEL) -> dict:
     """The difference a - b over the keys (seeds) both have: its :func:`interval`, the seeds used, and
     ``significant``: True when the interval excludes 0, False when it includes it, None with fewer than two pairs."""

@@ -377,3 +377,30 @@ def test_a_sweep_over_the_objective_labels_it_marks_bounds_and_lists_generation(
     assert "| 0_ar | softmax 0:1 small next_token | autoregressive | 16 | 16 | 500 | - | - |" in generation
     seeds = md.split("## Seeds and noise")[1]
     assert "| softmax 0:1 small mdlm | 0 |" in seeds and "| softmax 0:1 small next_token | 0 |" in seeds
+
+
+def test_report_has_the_lm_eval_tasks_with_their_noise(tmp_path):
+    """Jobs scored by lm-eval: summary.csv gets one column per task and metric, report.md a table per task with the
+    mean ± interval over seeds, or one seed's value ± lm-eval's standard error."""
+    sweep = tmp_path / "sweep"
+    accs = {("softmax", 0): 0.50, ("softmax", 1): 0.54, ("softmax", 2): 0.52, ("gated_deltanet", 0): 0.40}
+    for i, ((att, seed), acc) in enumerate(accs.items()):
+        r = fake_results(att, "1:0", "LL", bpb=1.0)
+        r["config"]["seed"] = seed
+        r["eval"]["lm_eval"] = {"tasks": {"arc_easy": {"acc": acc, "acc_stderr": 0.02, "acc_norm": acc - 0.1,
+                                                       "acc_norm_stderr": 0.03, "samples": 100}}}
+        write(sweep, f"{i}_{att}_seed{seed}", r)
+    write(sweep, "9_plain", fake_results("linear", "1:0", "LL", bpb=2.0))  # not scored by lm-eval: no row
+    out = build_report(str(sweep))
+    rows = read_csv(out["summary_csv"])
+    assert float(rows["1_softmax_seed1"]["lm_eval_arc_easy_acc"]) == 0.54
+    assert float(rows["3_gated_deltanet_seed0"]["lm_eval_arc_easy_acc_norm"]) == pytest.approx(0.30)
+    assert rows["9_plain"]["lm_eval_arc_easy_acc"] == ""
+    with open(out["summary_csv"]) as f:  # the fixed columns, then one per task and metric scored
+        assert next(csv.reader(f))[-2:] == ["lm_eval_arc_easy_acc", "lm_eval_arc_easy_acc_norm"]
+    table = open(out["report_md"]).read().split("## lm-eval tasks")[1].split("\n## ")[0]
+    assert "| config | acc | acc_norm |" in table
+    half = 4.302653 * 0.02 / math.sqrt(3)  # t_{0.975, 2} x std / sqrt(n) of 0.50, 0.52, 0.54
+    assert f"| 0.5200 ± {half:.4f} (3) | 0.4200 ± {half:.4f} (3) |" in table
+    assert "| 0.4000 ± 0.0200 s.e. (1) | 0.3000 ± 0.0300 s.e. (1) |" in table
+    assert "linear" not in table

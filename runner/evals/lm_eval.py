@@ -8,6 +8,8 @@ import importlib.util
 import logging
 import os
 
+from ..stats import mean_text
+
 NEEDS = "text"  # the harness's tasks are text
 
 
@@ -76,3 +78,49 @@ def describe(ev: dict) -> list[str]:
     from ..lm_harness import describe as lines
 
     return lines(ev.get("lm_eval") or {})
+
+
+def _scores(ev: dict) -> dict:
+    """{task: {metric: (value, its standard error or None)}} of one job's lm_eval section."""
+    out = {}
+    for task, row in ((ev.get("lm_eval") or {}).get("tasks") or {}).items():
+        for metric, value in row.items():
+            if metric == "samples" or "_stderr" in metric or not isinstance(value, (int, float)):
+                continue
+            err = row.get(metric.replace("[", "_stderr[", 1) if "[" in metric else f"{metric}_stderr")
+            out.setdefault(task, {})[metric] = (float(value), err if isinstance(err, (int, float)) else None)
+    return out
+
+
+def columns(ev: dict) -> dict:
+    """summary.csv columns of one job: lm_eval_<task>_<metric>, one per task and metric it was scored on."""
+    return {f"lm_eval_{task}_{metric}": v for task, ms in _scores(ev).items() for metric, (v, _) in ms.items()}
+
+
+def report_lines(jobs: list, table, fmt) -> list[str]:
+    """Per lm-eval task: each metric per configuration, mean ± the 95% interval's half-width over the seeds (n);
+    a configuration run with one seed shows its value ± lm-eval's own standard error instead (s.e.)."""
+    runs: dict = {}  # task -> config -> [each seed's {metric: (value, stderr)}]
+    for j in jobs:
+        for task, ms in _scores(j["results"].get("eval") or {}).items():
+            runs.setdefault(task, {}).setdefault(j["config"], []).append(ms)
+    if not runs:
+        return []
+    lines = ["## lm-eval tasks", "",
+             "Each task's metrics (lm-evaluation-harness on the trained model): mean ± the 95% interval's half-width "
+             "over the seeds (n); with one seed, the value ± lm-eval's standard error over the task's documents "
+             "(s.e.). Intervals that overlap: within noise.", ""]
+    for task, configs in runs.items():
+        metrics = list(dict.fromkeys(m for seeds in configs.values() for ms in seeds for m in ms))
+        rows = []
+        for config, seeds in configs.items():
+            cells = []
+            for m in metrics:
+                got = [ms[m] for ms in seeds if m in ms]
+                if len(got) == 1 and got[0][1] is not None:
+                    cells.append(f"{got[0][0]:.4f} ± {got[0][1]:.4f} s.e. (1)")
+                else:
+                    cells.append(mean_text([v for v, _ in got], ".4f"))
+            rows.append([config, *cells])
+        lines += [f"{task}:", ""] + table(["config", *metrics], rows) + [""]
+    return lines

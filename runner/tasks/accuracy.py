@@ -4,7 +4,7 @@ every answer of the example right). The sweep report gives it per configuration 
 interval of the mean."""
 from __future__ import annotations
 
-from ..stats import interval
+from ..stats import mean_text
 from .synthetic import evaluate_task
 
 NEEDS = "answers"  # what the generated tasks' sources PROVIDE
@@ -49,15 +49,6 @@ CSV = {"task_accuracy": lambda ev: (ev.get("accuracy") or {}).get("accuracy"),
        "task_accuracy_longest": lambda ev: (ev.get("accuracy") or {}).get("accuracy_longest")}
 
 
-def _cell(values: list, fmt) -> str:
-    s = interval(values)
-    if not s["n"]:
-        return "-"
-    if s["half"] is None:
-        return f"{fmt(s['mean'], '.3f')} (1)"
-    return f"{fmt(s['mean'], '.3f')} ± {fmt(s['half'], '.3f')} ({s['n']})"
-
-
 def _groups(jobs: list) -> dict:
     """{task: {config: {"job": first job, "rows": [by_length rows of each seed]}}} of the jobs that have it."""
     out: dict = {}
@@ -79,8 +70,8 @@ def _supervision_lines(task: str, configs: dict, table, fmt) -> list[str]:
     if not rec:
         return []
     steps = max(len(r["steps"]) for runs in rec.values() for r in runs)
-    rows = [[name, *(_cell([r["steps"][i]["exact"] for r in runs if len(r["steps"]) > i], fmt) for i in range(steps)),
-             _cell([r["halted"]["exact"] for r in runs], fmt), _cell([r["halted"]["mean_steps"] for r in runs], fmt)]
+    rows = [[name, *(mean_text([r["steps"][i]["exact"] for r in runs if len(r["steps"]) > i]) for i in range(steps)),
+             mean_text([r["halted"]["exact"] for r in runs]), mean_text([r["halted"]["mean_steps"] for r in runs])]
             for name, runs in rec.items()]
     return ([f"Recursive models ({task}): exact accuracy after each supervision step, and where the halting head "
              f"stops (its exact accuracy, its mean number of steps):", ""]
@@ -101,13 +92,13 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
         head = ["config", "layers", *(f"{L}{'*' if L > train else ''}" for L in lengths)]
         for key, words in (("accuracy", None), ("exact", "Per example (every answer of the example right):")):
             rows = [[g["job"]["config"], g["job"]["layer_types"],
-                     *(_cell([run[L][key] for run in g["runs"] if L in run], fmt) for L in lengths)]
+                     *(mean_text([run[L][key] for run in g["runs"] if L in run]) for L in lengths)]
                     for g in configs.values()]
             base = {L: [run[L]["baseline"] for g in configs.values() for run in g["runs"]
                         if "baseline" in run.get(L, {})] for L in lengths}  # over every job's test set
             if any(base.values()):
                 name = next(b for bs in base.values() for b in bs)["name"]
-                rows.append([f"baseline: {name}", "-", *(_cell([b[key] for b in base[L]], fmt) for L in lengths)])
+                rows.append([f"baseline: {name}", "-", *(mean_text([b[key] for b in base[L]]) for L in lengths)])
             lines += ([words, ""] if words else []) + table(head, rows) + [""]
         lines += _supervision_lines(task, configs, table, fmt)
         tags = sorted({t for g in configs.values() for run in g["runs"] for r in run.values() for t in r["by"]})
@@ -124,7 +115,7 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
             keys.sort(key=lambda k: k if isinstance(k, tuple) else (k,))
             label = lambda k: (str(k[0]) if k[0] == k[1] else f"{k[0]}-{k[1]}") if isinstance(k, tuple) else str(k)
             lines += [f"By {tag} ({task}), at each test length:", ""]
-            rows = [[g["job"]["config"], str(L), *(_cell(cells.get((name, L, k), []), fmt) for k in keys)]
+            rows = [[g["job"]["config"], str(L), *(mean_text(cells.get((name, L, k), [])) for k in keys)]
                     for name, g in configs.items() for L in lengths]
             lines += table(["config", "length", *(f"{tag} {label(k)}" for k in keys)], rows) + [""]
     return lines
