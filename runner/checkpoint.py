@@ -287,13 +287,42 @@ def weights(state: dict) -> dict:
     return state["ema"] if state.get("ema") is not None else state["model"]
 
 
+def check_fits(model, state: dict, path: str) -> None:
+    """The checkpoint's weights, and their moving average where it kept one, have the names and shapes of the
+    parameters of ``model``, which the checkpoint's settings build; else (a file edited by hand, or written by a
+    version of the runner whose layers differ) an error that says what to do, before any stage runs."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for entry in ("model", "ema"):
+        sd = state.get(entry)
+        if sd is None and entry == "ema":
+            continue
+        if not isinstance(sd, dict):
+            wrong = [f"it is a {type(sd).__name__}, not weights by name"]
+        else:
+            have = {k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in sd.items()}
+            wrong = [f"{k} is missing" for k in want if k not in have]
+            wrong += [f"{k} has shape {list(have[k])} where the model has {list(want[k])}"
+                      if isinstance(have[k], tuple) else f"{k} is a {have[k]}, not a tensor"
+                      for k in want if k in have and have[k] != want[k]]
+            wrong += [f"{k} is not a weight of the model" for k in have if k not in want]
+        if wrong:
+            more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+            raise CorruptCheckpoint(
+                f"the checkpoint {path} does not fit the model its settings build: in its {entry!r} weights, "
+                f"{'; '.join(wrong[:3])}{more}. It was edited, or written by a version of the runner whose layers "
+                f"differ. To train this run again from step 0, move it away (mv {path} {path}.foreign) and rerun; "
+                f"or choose another run folder (hydra.run.dir=...)")
+
+
 def run_model(res: dict, ckpt: str, vocab_size: int, device, state: Optional[dict] = None):
     """The trained model of a run (its results.json ``res`` and checkpoint path), in eval mode on ``device``;
     ``state``: the checkpoint already loaded from ``ckpt``, if the caller has it."""
     from .model import build_model
 
     model = build_model(OmegaConf.create(res["config"]), int(vocab_size))
-    model.load_state_dict(weights(state if state is not None else load(ckpt)))
+    state = state if state is not None else load(ckpt)
+    check_fits(model, state, ckpt)
+    model.load_state_dict(weights(state))
     return model.to(device).eval()
 
 

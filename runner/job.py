@@ -271,6 +271,7 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
     ``plan`` (runner/checkpoint.plan) says which weights they use; None on the ranks of a torchrun other than 0."""
     from .accel import autocast
     from .bench import bench_generation, run_bench, scaling
+    from .checkpoint import check_fits
     from .checkpoint import weights as checkpoint_weights
     from .data import load_corpus
     from .evaluate import describe as describe_eval, evaluate
@@ -318,6 +319,8 @@ def _stages(cfg, facts, tracker: Tracker, run_dir: str, console: Console, plan=N
                   + (f", {model.recursion.describe()}" if model.recursion is not None else ""))
 
     state = plan.state if plan is not None else None
+    if state is not None:
+        check_fits(model, state, plan.path)
     step = int(state["step"]) if state is not None else (cfg.train.steps if "train" in cfg.stages else 0)
     try:
         if "train" in cfg.stages:

@@ -78,6 +78,17 @@ def _corrupt(tmp):
         f.truncate(os.path.getsize(ckpt) // 3)
 
 
+def _other_layers(tmp):
+    """The trained run's checkpoint as a version of the runner with other parameter names would have written it."""
+    import torch
+
+    _trained(tmp)
+    ckpt = os.path.join(tmp, "run", "checkpoints", "last.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k.replace("norm", "layer_norm"): v for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+
+
 def _busy(tmp):
     """Another process holds the folder: this test process takes its lock, as a running job would."""
     os.makedirs(os.path.join(tmp, "run"))
@@ -243,6 +254,8 @@ CASES = [
     Case("a second run into a folder in use", [*TINY, "hydra.run.dir={tmp}/run"], 1,
          "another run (pid 4242 on elsewhere, started earlier) is writing to", setup=_busy),
     Case("a damaged checkpoint", [*TINY, "hydra.run.dir={tmp}/run"], 1, "cannot be read", setup=_corrupt),
+    Case("a checkpoint of other layers", [*TINY, "stages=[eval]", "hydra.run.dir={tmp}/run"], 1,
+         "does not fit the model its settings build: in its 'model' weights,", setup=_other_layers),
     # ----------------------------------------------------------------------------------------- the data (exit 1)
     Case("a binary file as text", [*TINY, "data=text", "data.path={tmp}/model.bin", "hydra.run.dir={tmp}/run"], 1,
          "is binary, not text", setup=_write("model.bin", b"\x00\x01\x02weights\x00" * 100)),

@@ -312,3 +312,26 @@ def test_our_own_checkpoint_loads_with_weights_only(reference):
     state = checkpoint.load(str(reference / "checkpoints" / "last.pt"))
     assert state["step"] == 40 and state["identity"]["model"]["name"] == "tiny"
     assert isinstance(state["data_rng"], torch.Tensor) and state["optimizer"]["state"]
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_with_what_differs(reference):
+    """A checkpoint whose identity matches but whose weights are not the model's (edited, or written by a version
+    with other layers): the trained weights or their moving average, each checked by name and shape."""
+    from runner import checkpoint
+
+    path = str(reference / "checkpoints" / "last.pt")
+    res, state = _record(reference), checkpoint.load(path)
+    vocab = res["data"]["vocab_size"]
+    model = checkpoint.run_model(res, path, vocab, "cpu", state=state)  # as written: it fits
+    assert torch.equal(model.embed.weight, state["model"]["embed.weight"])
+    ema = {k: v.clone() for k, v in state["model"].items()}
+    ema["embed.weight"] = ema["embed.weight"][:3]
+    del ema["norm.weight"]
+    with pytest.raises(checkpoint.CorruptCheckpoint) as e:
+        checkpoint.run_model(res, path, vocab, "cpu", state={**state, "ema": ema})
+    said = str(e.value)
+    assert "in its 'ema' weights, norm.weight is missing; embed.weight has shape [3, 64] where the model has" in said
+    assert f"mv {path} {path}.foreign" in said
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="in its 'model' weights, extra.weight is not a weight"):
+        checkpoint.run_model(res, path, vocab, "cpu", state={**state, "model": {**state["model"], "extra.weight":
+                                                                                 torch.zeros(1)}})
