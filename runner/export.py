@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -58,7 +59,9 @@ def export(run_dir: str, out_dir: str) -> str:
     model = run_model(res, ckpt, data["vocab_size"], "cpu", state=state)  # the checkpoint is read once
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    prefix = f".{os.path.basename(os.path.abspath(out_dir))}.export-{socket.gethostname()}-"
+    removed = _remove_leftovers(parent, prefix)
+    tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     try:
         model.save_pretrained(tmp)
         meta = {"run_dir": os.path.abspath(run_dir), "step": int(state["step"]), "identity": state["identity"],
@@ -76,7 +79,32 @@ def export(run_dir: str, out_dir: str) -> str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for path in removed:
+        print(f"removed {path}: the unfinished export of a process that ended without cleaning up (killed?)")
     return out_dir
+
+
+def _remove_leftovers(parent: str, prefix: str) -> list[str]:
+    """The temporary folders that exports to the same place, by processes of this machine that are gone (killed
+    with SIGKILL, say), left beside it: removed, their paths returned."""
+    removed = []
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not name.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def main(argv=None) -> int:

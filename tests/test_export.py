@@ -116,6 +116,28 @@ def test_a_failed_export_leaves_nothing_behind(runs, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_export_killed_midway_is_cleaned_up_by_the_next(runs, tmp_path, capsys):
+    """kill -9 leaves the temporary folder beside the target: the next export to that place removes it, and only
+    the leftovers of processes that are gone (not a live export's, not another target's)."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f".out.export-{host}-{gone.pid}-x1"
+    live = tmp_path / f".out.export-{host}-{os.getpid()}-x2"
+    other = tmp_path / f".else.export-{host}-{gone.pid}-x3"
+    for d in (dead, live, other):
+        d.mkdir()
+        (d / "model.safetensors").write_text("half")
+    export_mod.export(runs["next_token"], str(tmp_path / "out"))
+    assert not dead.exists() and live.exists() and other.exists()
+    assert f"removed {dead}: the unfinished export of a process that ended" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "out"])
+
+
 def test_the_cli_runs_as_a_module(runs, tmp_path):
     import subprocess
     import sys
