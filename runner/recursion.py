@@ -217,13 +217,9 @@ def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int
         first = torch.where(first < 0, torch.full_like(first, len(rows) - 1), first)
         per_step.append(torch.stack(rows))  # (steps, B, T)
         halted_at.append(first)
-        halted_ok.append(torch.stack(rows)[first, torch.arange(len(xb), device=x.device)])
+        halted_ok.append(per_step[-1][first, torch.arange(len(xb), device=x.device)])
     ok_all = torch.cat(per_step, 1)
-    out = []
-    for i in range(ok_all.shape[0]):
-        ok = ok_all[i]
-        out.append({"step": i + 1, "accuracy": float(ok[scored].double().mean()),
-                    "exact": float((ok | ~scored).all(1).double().mean())})
+    out = [{"step": i + 1, **_scores(ok_all[i], scored)} for i in range(ok_all.shape[0])]
     ok = torch.cat(halted_ok)
     at = torch.cat(halted_at) + 1
     model.train(was_training)
