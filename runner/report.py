@@ -179,7 +179,9 @@ def _flat(d: Any, prefix: str = "") -> dict:
 def _varying(jobs: list[dict]) -> list[str]:
     """The settings beyond those a label shows (mixers, layout, size, seq_len, seed) that differ between the jobs,
     e.g. train.lr in a learning-rate sweep: a configuration is everything but the seed. A setting of a mixer or a
-    model size counts only where it differs between jobs of the same name (attention.chunk_size of one mixer)."""
+    model size counts only where it differs between jobs of the same name (attention.chunk_size of one mixer), and
+    so does a setting of a named section inside them (model.recursion.cycles between jobs with recursion=trm: in a
+    sweep of recursion=trm against none, the label names model.recursion.name, not each of trm's settings)."""
     flats = [_flat(j["results"]["config"]) for j in jobs if isinstance(j["results"].get("config"), dict)
              and j["results"]["config"]]  # a job without a recorded config (unreadable) varies nothing
     keys = sorted({k for f in flats for k in f} - SHOWN)
@@ -189,9 +191,12 @@ def _varying(jobs: list[dict]) -> list[str]:
             continue
         group = k.split(".")[0]
         if group in ("attention", "full", "model", "objective"):
+            parts = k.split(".")
+            owners = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]  # the nearest section first
+            owner = next(o for o in owners if o == group or (f"{o}.name" != k and any(f"{o}.name" in f for f in flats)))
             values: dict = {}
             for f in flats:
-                values.setdefault(f.get(f"{group}.name"), set()).add(repr(f.get(k)))
+                values.setdefault(f.get(f"{owner}.name"), set()).add(repr(f.get(k)))
             if any(len(v) > 1 for v in values.values()):
                 out.append(k)
         elif len({repr(f.get(k)) for f in flats}) > 1:

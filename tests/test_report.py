@@ -404,3 +404,22 @@ def test_report_has_the_lm_eval_tasks_with_their_noise(tmp_path):
     assert f"| 0.5200 ± {half:.4f} (3) | 0.4200 ± {half:.4f} (3) |" in table
     assert "| 0.4000 ± 0.0200 s.e. (1) | 0.3000 ± 0.0300 s.e. (1) |" in table
     assert "linear" not in table
+
+
+def test_a_sweep_of_recursion_against_none_labels_the_scheme_not_each_of_its_settings(tmp_path):
+    """model.recursion is a named section: its settings count only between jobs of the same scheme."""
+    sweep = tmp_path / "sweep"
+    trm = {"name": "trm", "latent_steps": 2, "cycles": 2, "supervision_steps": 3, "halting": True}
+    for i, (recursion, layers) in enumerate(((trm, 2), ({"name": "none"}, 2), ({"name": "none"}, 36),
+                                             ({**trm, "cycles": 3}, 2))):
+        r = fake_results("softmax", "1:0", "LL", bpb=1.0)
+        r["config"]["model"].update(n_layers=layers, recursion=recursion)
+        write(sweep, f"{i}_job", r)
+    out = build_report(str(sweep))
+    md = open(out["report_md"]).read()
+    for line in ("softmax 1:0 small model.n_layers=2 model.recursion.cycles=2 model.recursion.name=trm |",
+                 "softmax 1:0 small model.n_layers=2 model.recursion.name=none |",
+                 "softmax 1:0 small model.n_layers=36 model.recursion.name=none |",
+                 "softmax 1:0 small model.n_layers=2 model.recursion.cycles=3 model.recursion.name=trm |"):
+        assert line in md, line
+    assert "latent_steps" not in md and "supervision_steps=" not in md
