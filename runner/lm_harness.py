@@ -195,18 +195,3 @@ def run_tasks(lm: RunnerLM, tasks: list[str], num_fewshot: Optional[int] = None,
     if log_samples:
         out["samples"] = res.get("samples")
     return out
-
-
-def describe(section: dict) -> list[str]:
-    """Console lines: one per task, its metrics with their standard errors."""
-    lines = []
-    for name, row in section.get("tasks", {}).items():
-        parts = []
-        for metric, value in row.items():
-            if metric.endswith("_stderr") or "_stderr[" in metric or metric == "samples":
-                continue
-            err = row.get(metric.replace("[", "_stderr[", 1) if "[" in metric else f"{metric}_stderr")
-            parts.append(f"{metric} {value:.4f}" + (f" ± {err:.4f}" if isinstance(err, float) else ""))
-        n = f" ({row['samples']} samples)" if "samples" in row else ""
-        lines.append(f"  lm_eval {name}{n}: " + ", ".join(parts))
-    return lines

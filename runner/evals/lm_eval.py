@@ -75,20 +75,27 @@ def run(ctx) -> dict:
 
 
 def describe(ev: dict) -> list[str]:
-    from ..lm_harness import describe as lines
-
-    return lines(ev.get("lm_eval") or {})
+    """Console lines: one per task, its metrics with their standard errors."""
+    tasks = (ev.get("lm_eval") or {}).get("tasks") or {}
+    lines = []
+    for task, ms in _scores(ev).items():
+        n = f" ({tasks[task]['samples']} samples)" if "samples" in tasks[task] else ""
+        lines.append(f"  lm_eval {task}{n}: " + ", ".join(
+            f"{metric} {v:.4f}" + (f" ± {err:.4f}" if err is not None else "") for metric, (v, err) in ms.items()))
+    return lines
 
 
 def _scores(ev: dict) -> dict:
     """{task: {metric: (value, its standard error or None)}} of one job's lm_eval section."""
-    out = {}
+    out: dict = {}
     for task, row in ((ev.get("lm_eval") or {}).get("tasks") or {}).items():
+        out[task] = {}
         for metric, value in row.items():
-            if metric == "samples" or "_stderr" in metric or not isinstance(value, (int, float)):
+            if metric == "samples" or metric.endswith("_stderr") or "_stderr[" in metric \
+                    or not isinstance(value, (int, float)):
                 continue
             err = row.get(metric.replace("[", "_stderr[", 1) if "[" in metric else f"{metric}_stderr")
-            out.setdefault(task, {})[metric] = (float(value), err if isinstance(err, (int, float)) else None)
+            out[task][metric] = (float(value), err if isinstance(err, (int, float)) else None)
     return out
 
 
