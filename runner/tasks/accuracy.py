@@ -61,7 +61,7 @@ def _groups(jobs: list) -> dict:
     return out
 
 
-def _supervision_lines(task: str, configs: dict, table, fmt) -> list[str]:
+def _supervision_lines(task: str, configs: dict, table) -> list[str]:
     """The recursive models' exact accuracy after each supervision step, and where their halting head stops, at
     the training length (mean ± interval over the seeds)."""
     rec = {name: [run[g["train"]]["by_supervision_step"] for run in g["runs"]
@@ -100,7 +100,7 @@ def report_lines(jobs: list, table, fmt) -> list[str]:
                 name = next(b for bs in base.values() for b in bs)["name"]
                 rows.append([f"baseline: {name}", "-", *(mean_text([b[key] for b in base[L]]) for L in lengths)])
             lines += ([words, ""] if words else []) + table(head, rows) + [""]
-        lines += _supervision_lines(task, configs, table, fmt)
+        lines += _supervision_lines(task, configs, table)
         tags = sorted({t for g in configs.values() for run in g["runs"] for r in run.values() for t in r["by"]})
         for tag in tags:
             keys, cells = [], {}
