@@ -53,7 +53,7 @@ class KDAConfig(MixerConfig):
     expand_v: float = 1.0                    # value head size = head_dim * expand_v
     use_short_conv: bool = True              # causal depthwise conv + SiLU on q, k, v
     conv_size: int = 4                       # kernel of the short convolution
-    chunk_size: int = 64                     # chunk length of the parallel form (a power of two)
+    chunk_size: int = 32                     # chunk length of the parallel form (a power of two)
     gate_low_rank_dim: Optional[int] = None  # rank of the output gate's projection; None = head_dim
     mode: str = "chunk"                      # "chunk" (parallel form) or "recurrent" (token by token)
     norm_eps: float = 1e-5                   # epsilon of the gated output RMSNorm
