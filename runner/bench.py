@@ -43,15 +43,22 @@ class OverBudget(Exception):
     pass
 
 
+def _spread(times: list[float]) -> list[float]:
+    """[fastest, slowest] of the timed runs: the timing noise beside their median (``<key>_range`` in a row; the
+    report's crossovers use it to say over which n two configurations are within noise of each other)."""
+    return [min(times), max(times)]
+
+
 def _timed(fn, cfg_bench, device):
     """One warm-up (checked against the time budget), one run measuring peak memory (bench.memory), then
-    ``repeats`` timing-only runs. Returns (median seconds, peak bytes, value of the last run)."""
+    ``repeats`` timing-only runs. Returns (median seconds, peak bytes, value of the last run, [min, max] seconds)."""
     first = measure(fn, device, memory="none")
     if first.seconds > cfg_bench.time_budget_s:
         raise OverBudget(f"one run took {first.seconds:.1f} s > bench.time_budget_s={cfg_bench.time_budget_s}")
     peak = measure(fn, device, memory=cfg_bench.memory).peak_bytes
     runs = [measure(fn, device, memory="none") for _ in range(cfg_bench.repeats)]
-    return statistics.median(r.seconds for r in runs), peak, runs[-1].value
+    times = [r.seconds for r in runs]
+    return statistics.median(times), peak, runs[-1].value, _spread(times)
 
 
 def bench_length(model, n: int, cfg, device) -> dict:
@@ -77,7 +84,7 @@ def bench_length(model, n: int, cfg, device) -> dict:
         opt.step()
         _sync(device)
 
-    row["train_step_s"], row["train_peak_bytes"], _ = _timed(train_step, bc, device)
+    row["train_step_s"], row["train_peak_bytes"], _, row["train_step_s_range"] = _timed(train_step, bc, device)
     row["train_tokens_per_s"] = B * n / row["train_step_s"]
     opt.zero_grad(set_to_none=True)
     del opt
@@ -89,7 +96,7 @@ def bench_length(model, n: int, cfg, device) -> dict:
             _sync(device)
             return state
 
-        t, row["prefill_peak_bytes"], state = _timed(prefill, bc, device)
+        t, row["prefill_peak_bytes"], state, row["prefill_s_range"] = _timed(prefill, bc, device)
         row["prefill_s"] = t
         row["prefill_tokens_per_s"] = B * n / t
         if not model.causal:  # no token-by-token decoding to time
@@ -111,6 +118,7 @@ def bench_length(model, n: int, cfg, device) -> dict:
             _sync(device)
             times.append(time.perf_counter() - t0)
         row["decode_s_per_token"] = statistics.median(times)
+        row["decode_s_per_token_range"] = _spread(times)
     row["flops_per_token"] = model.flops_per_token(n)
     row["status"] = "ok"
     return row
@@ -175,7 +183,7 @@ def bench_generation(model, cfg, device, console=None, corpus=None, judge=None) 
         row = {"sampler": how, "steps": steps, "tokens": L, "batch": bc.batch_size}
         try:
             with autocast(cfg.precision, device):
-                row["s"], row["peak_bytes"], _ = _timed(lambda: fn(prompt), bc, device)
+                row["s"], row["peak_bytes"], _, row["s_range"] = _timed(lambda: fn(prompt), bc, device)
                 row["tokens_per_s"] = bc.batch_size * L / row["s"]
                 if texts is not None:
                     row.update(samples=texts.shape[0], **sample_quality(fn(texts[:, :16]), texts[:, :16], judge))

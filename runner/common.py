@@ -111,23 +111,25 @@ def scaling_exponent(ns: Sequence[float], values: Sequence[Optional[float]]) -> 
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
-def _series(rows: Optional[Iterable[dict]], key: str) -> dict[float, float]:
+def _series(rows: Optional[Iterable[dict]], key: str, bound: Optional[int] = None) -> dict[float, float]:
+    """{n: value of ``key``} over a ladder's completed rows; with ``bound`` 0 or 1 the fastest or slowest of the
+    timed runs instead (the row's ``<key>_range``; rows without one are left out)."""
     out = {}
     for r in rows or []:
         if not isinstance(r, dict) or r.get("status", "ok") != "ok":
             continue
-        n, v = _pos(r.get("n")), _pos(r.get(key))
+        v = r.get(key)
+        if bound is not None:
+            span = r.get(f"{key}_range")
+            v = span[bound] if isinstance(span, (list, tuple)) and len(span) == 2 else None
+        n, v = _pos(r.get("n")), _pos(v)
         if n is not None and v is not None:
             out[n] = v
     return out
 
 
-def crossover(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optional[float]:
-    """The smallest n from which configuration a costs less than b in ``key`` (time or bytes: lower is better)
-    for the rest of the ladder, located by linear interpolation in log-log between the ladder points where the
-    sign of log(a/b) last changes. The smallest common n when a is cheaper at every common n; None when a is
-    not cheaper at the largest common n (never within the ladder) or the two share no measured n."""
-    a, b = _series(rows_a, key), _series(rows_b, key)
+def _crossing(a: dict[float, float], b: dict[float, float]) -> Optional[float]:
+    """:func:`crossover` on two {n: cost} series."""
     ns = sorted(set(a) & set(b))
     if not ns:
         return None
@@ -142,6 +144,25 @@ def crossover(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optio
     d0, d1 = d[i - 1], d[i]  # d0 >= 0 > d1
     t = d0 / (d0 - d1)
     return math.exp(math.log(ns[i - 1]) + t * (math.log(ns[i]) - math.log(ns[i - 1])))
+
+
+def crossover(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optional[float]:
+    """The smallest n from which configuration a costs less than b in ``key`` (time or bytes: lower is better)
+    for the rest of the ladder, located by linear interpolation in log-log between the ladder points where the
+    sign of log(a/b) last changes. The smallest common n when a is cheaper at every common n; None when a is
+    not cheaper at the largest common n (never within the ladder) or the two share no measured n."""
+    return _crossing(_series(rows_a, key), _series(rows_b, key))
+
+
+def crossover_noise(rows_a: Iterable[dict], rows_b: Iterable[dict], key: str) -> Optional[tuple]:
+    """How far the timing noise moves :func:`crossover`: (from which n a could be cheaper, its fastest run
+    against b's slowest; from which n a is cheaper beyond the noise, its slowest against b's fastest), each as
+    crossover returns it (None: not within the ladder). None when the rows carry no spread of their runs
+    (``<key>_range``, written by the bench stage; memory has none)."""
+    lo_a, hi_a, lo_b, hi_b = (_series(r, key, i) for r, i in ((rows_a, 0), (rows_a, 1), (rows_b, 0), (rows_b, 1)))
+    if not (set(lo_a) & set(lo_b)):
+        return None
+    return _crossing(lo_a, hi_b), _crossing(hi_a, lo_b)
 
 
 # ------------------------------------------------------------------------------------------ collecting jobs

@@ -5,8 +5,9 @@ deeper) and writes, beside the jobs:
 
 - ``summary.csv``: one row per job (also failed ones, with the head of their error and whatever they finished);
 - ``report.md``: the comparison table in human units, the jobs that did not complete with their errors, the
-  crossover n of each configuration against the all-full model of the same size and seq_len, the Pareto
-  front, and links to the plots;
+  crossover n of each configuration against the all-full model of the same size and seq_len (with the range
+  of n the timing noise moves it over: :func:`runner.common.crossover_noise`), the Pareto front, and links to
+  the plots;
 - ``memory_vs_n.png``, ``time_vs_n.png``, ``quality_vs_ratio.png``, ``tradeoff.png`` (runner/plots.py).
 
 Jobs whose status is not ``completed`` appear in the table and the csv, but not in the plots, the common n, the
@@ -31,7 +32,8 @@ from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 
-from .common import _pos, _series, atomic_write_text, crossover, fmt_bytes, scaling_exponent  # noqa: F401
+from .common import (_pos, _series, atomic_write_text, crossover, crossover_noise, fmt_bytes,  # noqa: F401
+                     scaling_exponent)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ def csv_columns() -> list[str]:
             "unigram_bpb", *_task_columns(), "train_flops", "val_loss_at_budget", "flops_budget", "n_common",
             "decode_ms_per_token", "train_peak_bytes", "state_bytes",
             *(f"exp_{k}" for k in TIME_KEYS + MEMORY_KEYS),
-            "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS)]
+            "baseline", *(f"crossover_{k}" for k, _ in CROSSOVER_KEYS),
+            *(f"crossover_{k}_{end}" for k in TIME_KEYS for end in ("lo", "hi"))]
 
 
 # ------------------------------------------------------------------------------------------ scaling maths
@@ -365,8 +368,7 @@ def _count(v) -> str:
     return f"{v:.0f}"
 
 
-def _cross_text(x: Optional[float], a_rows, b_rows, key: str) -> str:
-    a, b = _series(a_rows, key), _series(b_rows, key)
+def _cross_cell(x: Optional[float], a: dict, b: dict) -> str:
     ns = sorted(set(a) & set(b))
     if not ns:
         return "-"
@@ -375,6 +377,17 @@ def _cross_text(x: Optional[float], a_rows, b_rows, key: str) -> str:
     if x == ns[0] and a[ns[0]] < b[ns[0]]:
         return f"≤ {ns[0]:,.0f}"
     return f"{x:,.0f}"
+
+
+def _cross_text(x: Optional[float], a_rows, b_rows, key: str, noise: Optional[tuple] = None) -> str:
+    """The crossover's cell; with ``noise`` (:func:`crossover_noise`) followed by the range of n the timing noise
+    moves it over, '(lo - hi)', unless the noise does not move it."""
+    text = _cross_cell(x, _series(a_rows, key), _series(b_rows, key))
+    if noise is None:
+        return text
+    lo = _cross_cell(noise[0], _series(a_rows, key, 0), _series(b_rows, key, 1))
+    hi = _cross_cell(noise[1], _series(a_rows, key, 1), _series(b_rows, key, 0))
+    return text if lo == hi == text else f"{text} ({lo} – {hi})"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -439,7 +452,10 @@ def _write_md(path: str, sweep_dir: str, jobs: list[dict], n: Optional[int], cro
         lines += ["The context length n from which each configuration costs less than the all-full model (every "
                   "layer the full mixer it uses, else all softmax) of the same size and seq_len (interpolated in "
                   "log-log between ladder points; '≤ n' cheaper from the first common n, '> n' not cheaper within "
-                  "the ladder).", ""]
+                  "the ladder). In parentheses, where the timing noise moves it: the same crossing of each side's "
+                  "fastest run against the other's slowest (the bench stage's repeats; decode: its steps), from "
+                  "where it could be cheaper to where it is cheaper beyond the noise. A crossover inside that "
+                  "range is within noise; a wide one says to measure again with more bench.repeats.", ""]
         lines += _table(["config", "baseline", *(name for _, name in CROSSOVER_KEYS)],
                         [[c["label"], c["baseline"], *c["text"]] for c in crossings]) + [""]
     else:
@@ -499,7 +515,11 @@ def build_report(sweep_dir: str) -> dict:
         for k, _ in CROSSOVER_KEYS:
             x = crossover(j["rows"], base["rows"], k)
             j[f"crossover_{k}"] = None if x is None else round(x, 2)
-            text.append(_cross_text(x, j["rows"], base["rows"], k))
+            noise = crossover_noise(j["rows"], base["rows"], k)
+            if k in TIME_KEYS:
+                for end, v in zip(("lo", "hi"), noise or (None, None)):
+                    j[f"crossover_{k}_{end}"] = None if v is None else round(v, 2)
+            text.append(_cross_text(x, j["rows"], base["rows"], k, noise))
         crossings.append({"label": j["label"], "job": j["job"], "baseline": base["label"], "text": text,
                           **{k: j[f"crossover_{k}"] for k, _ in CROSSOVER_KEYS}})
 

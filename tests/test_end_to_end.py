@@ -55,6 +55,9 @@ def test_tiny_run_writes_complete_results(tmp_path, attention):
         for k in ("train_step_s", "train_peak_bytes", "prefill_tokens_per_s", "decode_s_per_token", "state_bytes"):
             assert row[k] is not None and row[k] > 0, (k, row)
         assert row["state_bytes"] == row["state_bytes_measured"]
+        for k in ("train_step_s", "prefill_s", "decode_s_per_token"):  # the timing noise beside each median
+            lo, hi = row[f"{k}_range"]
+            assert 0 < lo <= row[k] <= hi, (k, row)
     text, gen = r["bench_generation"]  # the validation text's sample quality, then one decode step per token
     assert text["sampler"] == "data" and text["entropy_bits"] > 0 and "judge_ppl" not in text
     assert gen["sampler"] == "autoregressive" and gen["status"] == "ok" and gen["tokens_per_s"] > 0

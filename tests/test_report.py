@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from runner.plots import pareto_front, run_plots
-from runner.report import ReportCallback, build_report, crossover, error_head, scaling_exponent
+from runner.report import ReportCallback, build_report, crossover, crossover_noise, error_head, scaling_exponent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LADDER = [32, 64, 128, 256, 512]
@@ -217,6 +217,43 @@ def test_crossover_cases():
     a[-1]["status"] = "timeout"
     assert crossover(a, rows(lambda n: 2.0), "t") == 32
     assert crossover([], rows(lambda n: 2.0), "t") is None
+
+
+def test_the_crossover_noise_is_the_crossing_of_fastest_against_slowest_runs():
+    def rows(f, spread):
+        return [{"n": n, "t": f(n), "t_range": [f(n) / spread, f(n) * spread], "status": "ok"} for n in LADDER]
+    lin, quad = (lambda n: 1e-4 * n), (lambda n: 1e-6 * n * n)  # equal at n = 100, the ratio linear in n
+    assert crossover_noise(rows(lin, 1.0), rows(quad, 1.0), "t") == (pytest.approx(100), pytest.approx(100))
+    lo, hi = crossover_noise(rows(lin, 1.2), rows(quad, 1.1), "t")
+    assert lo == pytest.approx(100 / (1.2 * 1.1)) and hi == pytest.approx(100 * 1.2 * 1.1)
+    assert crossover(rows(lin, 1.2), rows(quad, 1.1), "t") == pytest.approx(100)  # the medians' crossing
+    # a noise wider than the ladder's differences: cheaper beyond the noise nowhere, possibly cheaper everywhere
+    assert crossover_noise(rows(lambda n: 1.0, 3.0), rows(lambda n: 1.5, 1.0), "t") == (32, None)
+    plain = [{"n": n, "t": 1.0, "status": "ok"} for n in LADDER]  # rows without a spread (memory, old runs)
+    assert crossover_noise(plain, plain, "t") is None
+
+
+def test_the_report_shows_how_far_the_timing_noise_moves_a_crossover(tmp_path):
+    noisy = lambda rows, spread: [dict(r, **{f"{k}_range": [r[k] / spread, r[k] * spread]  # noqa: E731
+                                             for k in ("train_step_s", "prefill_s", "decode_s_per_token")})
+                                  for r in rows]
+    lin = bench_rows(LADDER, lambda n: 1e-4 * n, lambda n: 5e-5 * n, lambda n: 1e-3, lambda n: 1e3 * n,
+                     lambda n: 1e4)
+    quad = bench_rows(LADDER, lambda n: 1e-6 * n**2, lambda n: 5e-7 * n**2, lambda n: 1e-5 * n,
+                      lambda n: 10 * n * n, lambda n: 100 * n)
+    write(tmp_path, "0_gated_deltanet_1:0_64", fake_results("gated_deltanet", "1:0", "LLLL", bpb=2.0,
+                                                            bench=noisy(lin, 1.1)))
+    write(tmp_path, "1_softmax_0:1_64", fake_results("softmax", "0:1", "FFFF", bpb=1.9, bench=noisy(quad, 1.1),
+                                                     full="softmax"))
+    out = build_report(str(tmp_path))
+    row = next(r for r in csv.DictReader(open(out["summary_csv"])) if r["job"].startswith("0_"))
+    assert float(row["crossover_train_step_s"]) == pytest.approx(100)
+    assert float(row["crossover_train_step_s_lo"]) == pytest.approx(100 / 1.21, abs=0.01)  # 2 decimals kept
+    assert float(row["crossover_train_step_s_hi"]) == pytest.approx(100 * 1.21, abs=0.01)
+    assert row["crossover_train_peak_bytes"] and "crossover_train_peak_bytes_lo" not in row  # memory: no noise
+    md = open(out["report_md"]).read()
+    assert "| 100 (83 – 121) | 100 (83 – 121) | 100 (83 – 121) | 100 |" in md, md
+    assert "within noise" in md
 
 
 def test_pareto_front_and_error_head():
