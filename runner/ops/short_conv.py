@@ -4,8 +4,10 @@ DeltaNet and Kimi Delta Attention, in the (batch, time, channels) layout the mix
     y[b, t, c] = act(bias[c] + sum_i w[c, i] * x[b, t - K + 1 + i, c])      (x before t = 0 from ``tail``)
 
 Kernels are short (K = 4), so the convolution is K shifted multiply-adds. The backward is written by hand: it
-recomputes the pre-activation from the saved input instead of storing it, and the weight gradient is K
-reductions. On a 2-core CPU (fp32, batch 2, T 2048, 384 channels, 2 threads) forward + backward took 4.2 ms
+recomputes the pre-activation from the saved input instead of storing it, takes the SiLU's derivative in one
+fused kernel (``aten.silu_backward``) and the weight gradient as K dot products along time (``linalg.vecdot``):
+0.61-0.80x the time of the same backward written as elementwise products and sums (fwd+bwd, 384 channels, B 1 T
+1024 and T 4096 on one thread, B 2 T 2048 on two). On a 2-core CPU (fp32, batch 2, T 2048, 384 channels, 2 threads) forward + backward took 4.2 ms
 against 9.5-9.9 ms for SiLU(``F.conv1d``) with its two transposes (its depthwise backward is slow on CPU, and
 took 38 ms per call inside a training step when idle OpenMP threads slept at once).
 """
@@ -52,16 +54,14 @@ class _ShortConv(torch.autograd.Function):
     def backward(ctx, dy):
         xp, w, bias = ctx.saved_tensors
         K, T = w.shape[0], dy.shape[1]
-        if ctx.silu:  # d silu(p) = s (1 + p (1 - s)), s = sigmoid(p), with p recomputed
-            pre = _pre_activation(xp, w, bias, T)
-            s = torch.sigmoid(pre)
-            dpre = dy * s * (1 + pre * (1 - s))
+        if ctx.silu:  # d silu(p) = s (1 + p (1 - s)), s = sigmoid(p), with p recomputed; one fused kernel
+            dpre = torch.ops.aten.silu_backward(dy, _pre_activation(xp, w, bias, T))
         else:
             dpre = dy
         dxp = torch.zeros_like(xp)
         for i in range(K):
             dxp[:, i:i + T].addcmul_(dpre, w[i])
-        dw = torch.stack([(dpre * xp[:, i:i + T]).sum((0, 1)) for i in range(K)])
+        dw = torch.stack([torch.linalg.vecdot(dpre, xp[:, i:i + T], dim=1).sum(0) for i in range(K)])
         dbias = dpre.sum((0, 1)) if bias is not None else None
         dtail = dxp[:, :K - 1] if ctx.has_tail else None
         return dxp[:, K - 1:], dw, dbias, dtail, None
