@@ -20,8 +20,9 @@ against; its full-attention layers run torch SDPA as ours do.
 
 Decode mode (``--decode``) prefills our all-linear (1:0) model and our all-full (0:1) model to each prefix
 length n in pieces (the state carried between pieces, never recomputed), then times single-token decoding
-steps through the mixers' state (``HybridLM.decode_step``, the mixers' fast step): constant per token for the
-linear model, growing with n for softmax attention, together with the state bytes of each.
+steps through the mixers' state (``HybridLM.decode_step``, the mixers' fast step), the two models' steps
+interleaved: constant per token for the linear model, growing with n for softmax attention, together with the
+state bytes of each.
 
 Runtime: idle OpenMP threads spin briefly, then sleep, and glibc malloc keeps freed memory for reuse (both set by
 runner/cpu_runtime.py when the package is imported, unless the user set the variables). Sleeping at once
@@ -404,28 +405,36 @@ def run_train(a, con: Console):
 
 
 @torch.no_grad()
-def _decode_times(model, lengths: list[int], decode_tokens: int, piece: int, batch: int, seed: int):
-    """Per n: (median seconds of one decode step after a prefix of n, state bytes measured)."""
+def _decode_times(models: list, lengths: list[int], decode_tokens: int, piece: int, batch: int, seed: int):
+    """Per model and n: (median seconds of one decode step after a prefix of n, state bytes measured). The models'
+    steps are interleaved (one step of each in turn, the order alternating), so that a change in the machine's
+    load falls on all of them alike and their ratio holds even when absolute times drift."""
     from ..mixers.base import state_nbytes
 
-    model.eval()
+    for model in models:
+        model.eval()
     gen = torch.Generator().manual_seed(seed)
     n_max = max(lengths)
     idx = torch.randint(0, VOCAB, (batch, n_max + decode_tokens), generator=gen)
-    out, state, pos = {}, None, 0
+    out = [{} for _ in models]
+    states, pos = [None] * len(models), 0
     for n in sorted(lengths):
         while pos < n:  # extend the prefix in pieces, carrying the state
             end = min(n, pos + piece)
-            _, state = model(idx[:, pos:end], state, need_state=True)
+            states = [model(idx[:, pos:end], st, need_state=True)[1] for model, st in zip(models, states)]
             pos = end
         nxt = idx[:, n_max:n_max + decode_tokens]
-        model.decode_step(nxt[:, :1], state)  # warm-up
-        times, s = [], state
+        for model, st in zip(models, states):
+            model.decode_step(nxt[:, :1], st)  # warm-up
+        times, cur = [[] for _ in models], list(states)
         for i in range(decode_tokens):
-            t0 = time.perf_counter()
-            _, s = model.decode_step(nxt[:, i:i + 1], s)
-            times.append(time.perf_counter() - t0)
-        out[n] = (statistics.median(times), state_nbytes(state))
+            order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
+            for m in order:
+                t0 = time.perf_counter()
+                _, cur[m] = models[m].decode_step(nxt[:, i:i + 1], cur[m])
+                times[m].append(time.perf_counter() - t0)
+        for m, st in enumerate(states):
+            out[m][n] = (statistics.median(times[m]), state_nbytes(st))
     return out
 
 
@@ -439,9 +448,8 @@ def run_decode(a, con: Console):
     con.print(f"decode through the mixers' state, {environment()}, batch {a.batch}, "
               f"model {a.model_size} d_model={m.model.d_model} layers={n_layers}: gated_deltanet 1:0 "
               f"({n_params(lin):,} parameters) vs {a.full} 0:1 ({n_params(full):,} parameters); "
-              f"prefix prefilled in pieces of {a.piece}, median of {a.decode_tokens} steps")
-    res_l = _decode_times(lin, a.lengths, a.decode_tokens, a.piece, a.batch, a.seed)
-    res_f = _decode_times(full, a.lengths, a.decode_tokens, a.piece, a.batch, a.seed)
+              f"prefix prefilled in pieces of {a.piece}, median of {a.decode_tokens} steps, the models interleaved")
+    res_l, res_f = _decode_times([lin, full], a.lengths, a.decode_tokens, a.piece, a.batch, a.seed)
     table = Table(title="decode: milliseconds per token after a prefix of n tokens; state bytes measured")
     for col in ("n", "gated_deltanet ms/tok", "state MB", f"{a.full} ms/tok", "KV cache MB", "full/linear"):
         table.add_column(col, justify="right")
