@@ -16,9 +16,9 @@ Two forms with the same signature and results:
       O     = (Q * exp(d) - P W) S_0 + P U,          P = tril(Q K^T * Gamma)   (diagonal included)
       S_end = (exp(d_C) I - Kc^T W) S_0 + Kc^T U,    Kc = K * exp(d_C - d)
 
-  so every chunk's terms (P, U, W, the K x K transition A and the K x V input B) come from batched matmuls (T
-  by block inversion, runner/ops/triangular.py), and the only sequential work is the state scan S <- A S + B,
-  one small matmul per chunk; each chunk's outputs then take two batched matmuls.
+  so every chunk's terms (P, U, W, the K x K transition A and the K x V input B) come from batched matmuls and
+  one batched triangular solve, and the only sequential work is the state scan S <- A S + B, one small matmul
+  per chunk; each chunk's outputs then take two batched matmuls.
 
 Speed notes (CPU). The chunks are processed in groups (all matmuls batched over the group's chunks and heads),
 the group sized so its (chunks, B*H, C, C) tensors stay in the CPU caches; this was about 1.5x faster than one
@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .precision import full_precision
-from .triangular import unit_lower_inverse
 
 
 def _rnorm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -162,19 +161,19 @@ def _f3(x):
     return x.view(-1, *x.shape[2:])
 
 
-def _group_factors(q, k, v, beta, d, lo, causal):
+def _group_factors(q, k, v, beta, d, lo, causal, eye_c):
     """The intra-chunk factors of one group of chunks (names as in the module docstring), computed from the
     inputs alone: the forward uses them, and the backward recomputes them instead of keeping them.
 
     q, k (n, BH, C, K) with q scaled; v (n, BH, C, V); beta (n, BH, C, 1); d (n, BH, C) the cumulative log decay.
-    Returns kb = beta k, L = (kb k^T) * Gamma (only its strictly lower part is used), T = (I + L)^-1 (by blocks),
+    Returns kb = beta k, L = (kb k^T) * Gamma (only its strictly lower part is used), T = (I + L)^-1,
     W = T (kb E), U = T (beta v), P = (q k^T) * Gamma, Qs = q E - P W, kc = k Ec and A = e I - kc^T W, all
     (n, BH, ., .), and the decays of :func:`_decays`. Every matmul is a separate (C x 64)-sized batched one: on
     CPU these ran faster than stacked operands ([P; L] = [q; kb] k^T, 128-wide) plus the copies stacking needs."""
     E, Ec, e, gamma = _decays(d, lo, causal)
     kb = k * beta
     L = torch.matmul(kb, k.mT).mul_(gamma)
-    Tm = unit_lower_inverse(L)
+    Tm = torch.linalg.solve_triangular(L, eye_c.expand_as(L), upper=False, unitriangular=True)
     W = torch.matmul(Tm, kb * E[..., None])
     U = torch.matmul(Tm, v * beta)
     P = torch.matmul(q, k.mT).mul_(gamma)
@@ -201,6 +200,7 @@ def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool =
     dt, dev = q.dtype, q.device
     lo = _exp_floor(dt)
     causal = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+    eye_c = torch.eye(C, dtype=dt, device=dev)
     d = g.cumsum(-1)  # (N, BH, C) cumulative log decay from each chunk's start, non-increasing
     G = _group_size(BH, C, max(K, V))
     starts = q.new_empty(N, BH, K, V) if keep_states else None
@@ -210,7 +210,7 @@ def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool =
     for a in range(0, N, G):
         s = slice(a, min(a + G, N))
         n = s.stop - a
-        _, f = _group_factors(q[s], k[s], v[s], beta[s, ..., None], d[s], lo, causal)
+        _, f = _group_factors(q[s], k[s], v[s], beta[s, ..., None], d[s], lo, causal, eye_c)
         if keep_factors:
             factors.append(f)
         kb, L, Tm, W, U, P, Qs, kc, A = f
@@ -237,6 +237,7 @@ def _chunk_backward(q, k, v, beta, d, starts, kept, do, dS):
     V = v.shape[-1]
     lo = _exp_floor(q.dtype)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    eye_c = torch.eye(C, dtype=q.dtype, device=q.device)
     do = do.contiguous()
     # contiguous buffers: their group slices are written in place through flattened views
     dq, dk, dv, dg, dbeta = (t.new_empty(t.shape) for t in (q, k, v, d, beta))
@@ -252,7 +253,7 @@ def _chunk_backward(q, k, v, beta, d, starts, kept, do, dS):
             kb, L, Tm, W, U, P, Qs, kc, A = kept[j:j + N_FACTORS]
         else:
             (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A) = _group_factors(gq, gk, gv, gb, d[s], lo,
-                                                                                causal)
+                                                                                causal, eye_c)
         # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S
         QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
         dB = q.new_empty(n, BH, K, V)

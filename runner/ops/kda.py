@@ -90,7 +90,6 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .precision import full_precision
-from .triangular import off_block
 
 
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -172,6 +171,15 @@ def _halves(x: torch.Tensor, s: int) -> torch.Tensor:
     return x.view(*x.shape[:-2], -1, 2, s, x.shape[-1])
 
 
+def _off_block(x: torch.Tensor, s: int, rows: int = 1, cols: int = 0) -> torch.Tensor:
+    """(Bt, C, C) -> (Bt, M, s, s) view of the blocks (rows R, cols L) of the 2s x 2s diagonal blocks
+    (rows = cols = 0: their L diagonal blocks, rows = cols = 1: their R ones)."""
+    Bt, C = x.shape[0], x.shape[-1]
+    st = x.stride()
+    return x.as_strided((Bt, C // (2 * s), s, s), (st[0], 2 * s * (st[1] + st[2]), st[1], st[2]),
+                        x.storage_offset() + s * (rows * st[1] + cols * st[2]))
+
+
 def _block_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum over dim -2 (of size s) keeping it; small s by slices (faster than a reduction kernel)."""
     s = x.shape[-2]
@@ -213,14 +221,14 @@ def _intra_chunk(q: torch.Tensor, k: torch.Tensor, kb: torch.Tensor, eg: torch.T
         kL = _halves(k, s)[:, :, 0]
         Lt = kL if s == 1 else kL * sL                                # K~_L (Suf_1 = 1)
         off = torch.bmm(Z.view(Bt * M, 2 * s, K), Lt.reshape(Bt * M, s, K).mT).view(Bt, M, 2, s, s)
-        off_block(P, s).copy_(off[:, :, 0])
+        _off_block(P, s).copy_(off[:, :, 0])
         if s == 1:
-            torch.neg(off[:, :, 1], out=off_block(Tm, s))
+            torch.neg(off[:, :, 1], out=_off_block(Tm, s))
         else:                                                         # T_RL = -T_R A_RL T_L
-            tR = off_block(Tm, s, 1, 1).reshape(Bt * M, s, s)
-            tL = off_block(Tm, s, 0, 0).reshape(Bt * M, s, s)
+            tR = _off_block(Tm, s, 1, 1).reshape(Bt * M, s, s)
+            tL = _off_block(Tm, s, 0, 0).reshape(Bt * M, s, s)
             tRA = torch.bmm(tR, off[:, :, 1].reshape(Bt * M, s, s))
-            torch.neg(torch.bmm(tRA, tL).view(Bt, M, s, s), out=off_block(Tm, s))
+            torch.neg(torch.bmm(tRA, tL).view(Bt, M, s, s), out=_off_block(Tm, s))
         if keep:
             saved.append((Z, Lt, eR.clone(), sL.clone()))
         suf5[:, :, 0].mul_(pre5[:, :, 1, s - 1:])                     # before pre's R half (its total) changes
