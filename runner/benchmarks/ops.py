@@ -1,6 +1,9 @@
 """Kernel benchmark: forward + backward time of each linear-attention op against the transformers reference
 functions and torch SDPA causal attention on the same shapes, with achieved GFLOP/s against the matmul peak
-measured in the same run. Ratios are what to read: absolute times move with the machine's load.
+measured in the same run. Ratios are what to read: absolute times move with the machine's load. Each op is timed
+in rounds together with SDPA and a matmul probe (the peak's 1024 x 1024 product), one call of each per round, so
+every ratio (ours/SDPA, ours/transformers, % of peak, the scaling in T) is the median of ratios of runs taken
+moments apart.
 
     python -m runner.benchmarks.ops                       # T = 1024..8192, B=2, H=4, D=64, fp32, 2 threads
     python -m runner.benchmarks.ops --lengths 2048 8192 --ops gated_delta_rule kda --threads 2
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cpu_runtime import describe as runtime_settings
-from .timing import matmul_peak_gflops, median_time
+from .timing import interleaved_times, matmul_peak_gflops, matmul_probe, ratio
 
 OPS = ("gated_delta_rule", "kda", "delta_rule", "linear_attn", "lightning", "ssd")
 
@@ -132,41 +136,55 @@ def main(argv=None):
     con = Console(width=max(Console().width, 130))
     B, H, D = a.batch, a.heads, a.head_dim
     peak = matmul_peak_gflops()
-    con.print(f"fp32, {a.threads} threads ({runtime_settings()}), B={B} H={H} D={D}; matmul peak measured now: {peak:.1f} GFLOP/s")
-    sdpa = {}
-    for T in a.lengths:
-        sdpa[T] = median_time(sdpa_fwd_bwd(B, T, H, D), repeats=a.repeats)
-    table = Table(title="forward + backward, median seconds (ratios < 1 mean ours is faster)")
+    con.print(f"fp32, {a.threads} threads ({runtime_settings()}), B={B} H={H} D={D}; matmul peak measured now: "
+              f"{peak:.1f} GFLOP/s")
+    probe, probe_flops = matmul_probe()
+    sdpa = {T: sdpa_fwd_bwd(B, T, H, D) for T in a.lengths}
+    sdpa_runs = {T: ([], []) for T in a.lengths}  # (SDPA seconds, probe seconds) of the same rounds
+    table = Table(title="forward + backward, median seconds; ratios and % of peak are medians of per-round ratios "
+                        "(each op timed in rounds with SDPA and the peak's matmul, so the ratios do not carry the "
+                        "machine's drift); ratios < 1 mean ours is faster")
     for col in ("op", "T", "ours s", "GFLOP/s", "% peak", "transformers s", "ours/transformers", "SDPA s",
                 "ours/SDPA"):
         table.add_column(col, justify="right")
-    scaling = {}
+    in_probes = {}  # op -> T -> ours' time in units of the probe's (machine speed cancelled), for the scaling
     for op in a.ops:
         ref = reference(op)
         for T in a.lengths:
             kw = _inputs(op, B, T, H, D)
-            t = median_time(_fwd_bwd(ours(op), kw), repeats=a.repeats)
-            scaling.setdefault(op, {})[T] = t
-            gf = 3 * flops_fwd(op, B, T, H, D) / t / 1e9
-            tr = None
+            mine = _fwd_bwd(ours(op), kw)
+            ts = interleaved_times({"ours": mine, "sdpa": sdpa[T], "probe": probe}, repeats=a.repeats)
+            t = statistics.median(ts["ours"])
+            useful = 3 * flops_fwd(op, B, T, H, D)
+            share = ratio(ts["probe"], ts["ours"]) * useful / probe_flops  # useful GFLOP/s over the peak's
+            sdpa_runs[T][0].extend(ts["sdpa"])
+            sdpa_runs[T][1].extend(ts["probe"])
+            in_probes.setdefault(op, {})[T] = ratio(ts["ours"], ts["probe"])
+            tr = vs_ref = None
             if ref is not None and T <= a.ref_max_len:
-                tr = median_time(_fwd_bwd(ref, kw), repeats=max(1, a.repeats // 2), max_s=a.ref_max_s)
-            table.add_row(op, str(T), f"{t:.4f}", f"{gf:.1f}", f"{100 * gf / peak:.0f}%",
-                          f"{tr:.4f}" if tr else "-", f"{t / tr:.3f}" if tr else "-", f"{sdpa[T]:.4f}",
-                          f"{t / sdpa[T]:.3f}")
+                rs = interleaved_times({"ours": mine, "ref": _fwd_bwd(ref, kw)}, repeats=max(1, a.repeats // 2),
+                                       max_s=a.ref_max_s)
+                tr, vs_ref = statistics.median(rs["ref"]), ratio(rs["ours"], rs["ref"])
+            table.add_row(op, str(T), f"{t:.4f}", f"{useful / t / 1e9:.1f}", f"{100 * share:.0f}%",
+                          f"{tr:.4f}" if tr else "-", f"{vs_ref:.3f}" if tr else "-",
+                          f"{statistics.median(ts['sdpa']):.4f}", f"{ratio(ts['ours'], ts['sdpa']):.3f}")
     for T in a.lengths:
-        gf = 3 * 2 * B * H * T * T * D / sdpa[T] / 1e9
-        table.add_row("sdpa causal", str(T), f"{sdpa[T]:.4f}", f"{gf:.1f}", f"{100 * gf / peak:.0f}%", "-", "-",
-                      f"{sdpa[T]:.4f}", "1.000")
+        st, pt = sdpa_runs[T]
+        useful = 3 * 2 * B * H * T * T * D
+        t = statistics.median(st)
+        table.add_row("sdpa causal", str(T), f"{t:.4f}", f"{useful / t / 1e9:.1f}",
+                      f"{100 * ratio(pt, st) * useful / probe_flops:.0f}%", "-", "-", f"{t:.4f}", "1.000")
+        in_probes.setdefault("sdpa causal", {})[T] = ratio(st, pt)
     con.print(table)
     hi = max(a.lengths)
     pairs = [(lo, hi) for lo in sorted(a.lengths) if lo < hi]  # every length against the longest
     if pairs:
-        table = Table(title=f"scaling: time(T={hi}) / time(T=lo); linear would be {hi}/lo, quadratic its square")
+        table = Table(title=f"scaling: time(T={hi}) / time(T=lo), each time in units of the peak's matmul timed in "
+                            f"the same rounds; linear would be {hi}/lo, quadratic its square")
         table.add_column("op", justify="right")
         for lo, _ in pairs:
             table.add_column(f"lo={lo} (linear {hi / lo:g})", justify="right")
-        for op, ts in [*scaling.items(), ("sdpa causal", sdpa)]:
+        for op, ts in in_probes.items():
             table.add_row(op, *(f"{ts[hi] / ts[lo]:.2f}" for lo, _ in pairs))
         con.print(table)
 
