@@ -105,6 +105,45 @@ def test_e2e_decode_mode_prints_constant_and_growing_state():
     assert float(kv64) > float(kv16)  # the KV cache does
 
 
+def test_decode_timing_takes_turns_of_blocks_and_feeds_each_model_its_tokens_in_order():
+    """Each model decodes in turns of DECODE_BLOCK steps, the first untimed (it refills the caches the other
+    model's turn emptied), the order of the models alternating; each gets decode_tokens timed steps and the
+    next tokens of one sequence."""
+    import torch
+
+    from runner.benchmarks import e2e
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def eval(self):
+            return self
+
+        def __call__(self, idx, state, need_state=True):
+            return None, (state or 0) + idx.shape[1]
+
+        def decode_step(self, tok, state):
+            calls.append((self.name, int(tok[0, 0]), state))
+            return None, state + 1
+
+    block, tokens = e2e.DECODE_BLOCK, 7
+    out = e2e._decode_times([Fake("a"), Fake("b")], [8], tokens, piece=4, batch=1, seed=0, block=block)
+    names = "".join(c[0] for c in calls)
+    turns = -(-tokens // (block - 1))
+    assert names.count("a") == names.count("b") == tokens + turns, names
+    # 7 timed steps, in turns of one untimed + 3 timed: two whole turns, then 1 + 1; the order ab, ba, ab
+    assert names == "a" * 4 + "b" * 8 + "a" * 4 + "a" * 2 + "b" * 2, names
+    idx = torch.randint(0, e2e.VOCAB, (1, 8 + tokens + turns), generator=torch.Generator().manual_seed(0))
+    for name in "ab":
+        mine = [c for c in calls if c[0] == name]
+        assert [c[1] for c in mine] == idx[0, 8:8 + len(mine)].tolist()  # the sequence's next tokens, in order
+        assert [c[2] for c in mine] == list(range(8, 8 + len(mine)))  # each step continues the last one's state
+    assert all(set(o) == {8} for o in out)
+
+
 def test_ops_benchmark_prints_its_table():
     out = run_module("runner.benchmarks.ops", "--lengths", "32", "64", "128", "--repeats", "1", "--ops",
                      "gated_delta_rule", "kda")

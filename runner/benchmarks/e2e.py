@@ -20,8 +20,8 @@ against; its full-attention layers run torch SDPA as ours do.
 
 Decode mode (``--decode``) prefills our all-linear (1:0) model and our all-full (0:1) model to each prefix
 length n in pieces (the state carried between pieces, never recomputed), then times single-token decoding
-steps through the mixers' state (``HybridLM.decode_step``, the mixers' fast step), the two models' steps
-interleaved: constant per token for the linear model, growing with n for softmax attention, together with the
+steps through the mixers' state (``HybridLM.decode_step``, the mixers' fast step), the two models taking turns of
+a few steps (the first of each turn untimed: it refills the caches the other model's step emptied): constant per token for the linear model, growing with n for softmax attention, together with the
 state bytes of each.
 
 Runtime: idle OpenMP threads spin briefly, then sleep, and glibc malloc keeps freed memory for reuse (both set by
@@ -49,6 +49,7 @@ from ..cpu_runtime import describe as runtime_settings
 from ..paths import CONF_DIR
 
 VOCAB = 256
+DECODE_BLOCK = 4  # decode steps per turn of one model, the first untimed (see _decode_times)
 
 
 def _sizes() -> list[str]:
@@ -405,17 +406,23 @@ def run_train(a, con: Console):
 
 
 @torch.no_grad()
-def _decode_times(models: list, lengths: list[int], decode_tokens: int, piece: int, batch: int, seed: int):
-    """Per model and n: (median seconds of one decode step after a prefix of n, state bytes measured). The models'
-    steps are interleaved (one step of each in turn, the order alternating), so that a change in the machine's
-    load falls on all of them alike and their ratio holds even when absolute times drift."""
+def _decode_times(models: list, lengths: list[int], decode_tokens: int, piece: int, batch: int, seed: int,
+                  block: int = DECODE_BLOCK):
+    """Per model and n: (median seconds of one decode step after a prefix of n, state bytes measured). The models
+    take turns (the order alternating), so that a change in the machine's load falls on all of them alike and
+    their ratio holds even when absolute times drift. A turn is ``block`` steps in a row of which the first is not
+    timed: a model's step right after the other model's finds its weights and state pushed out of the CPU caches
+    by the other's (at n = 16,384 softmax streams a 134 MB cache per token), which no model decoding on its own
+    meets; one step after every switch, timed, had made the constant-state model look 17-34% slower at 16,384
+    than at 256."""
     from ..mixers.base import state_nbytes
 
     for model in models:
         model.eval()
     gen = torch.Generator().manual_seed(seed)
     n_max = max(lengths)
-    idx = torch.randint(0, VOCAB, (batch, n_max + decode_tokens), generator=gen)
+    steps = decode_tokens + -(-decode_tokens // (block - 1))  # the timed steps plus one untimed per turn
+    idx = torch.randint(0, VOCAB, (batch, n_max + steps), generator=gen)
     out = [{} for _ in models]
     states, pos = [None] * len(models), 0
     for n in sorted(lengths):
@@ -423,16 +430,21 @@ def _decode_times(models: list, lengths: list[int], decode_tokens: int, piece: i
             end = min(n, pos + piece)
             states = [model(idx[:, pos:end], st, need_state=True)[1] for model, st in zip(models, states)]
             pos = end
-        nxt = idx[:, n_max:n_max + decode_tokens]
-        for model, st in zip(models, states):
-            model.decode_step(nxt[:, :1], st)  # warm-up
-        times, cur = [[] for _ in models], list(states)
-        for i in range(decode_tokens):
-            order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
+        nxt = idx[:, n_max:]
+        times, cur, used = [[] for _ in models], list(states), [0] * len(models)
+        turn = 0
+        while any(len(t) < decode_tokens for t in times):
+            order = range(len(models)) if turn % 2 == 0 else reversed(range(len(models)))
             for m in order:
-                t0 = time.perf_counter()
-                _, cur[m] = models[m].decode_step(nxt[:, i:i + 1], cur[m])
-                times[m].append(time.perf_counter() - t0)
+                if len(times[m]) >= decode_tokens:
+                    continue
+                for j in range(min(block, decode_tokens - len(times[m]) + 1)):
+                    t0 = time.perf_counter()
+                    _, cur[m] = models[m].decode_step(nxt[:, used[m]:used[m] + 1], cur[m])
+                    if j:  # the turn's first step refills the caches
+                        times[m].append(time.perf_counter() - t0)
+                    used[m] += 1
+            turn += 1
         for m, st in enumerate(states):
             out[m][n] = (statistics.median(times[m]), state_nbytes(st))
     return out
@@ -448,7 +460,8 @@ def run_decode(a, con: Console):
     con.print(f"decode through the mixers' state, {environment()}, batch {a.batch}, "
               f"model {a.model_size} d_model={m.model.d_model} layers={n_layers}: gated_deltanet 1:0 "
               f"({n_params(lin):,} parameters) vs {a.full} 0:1 ({n_params(full):,} parameters); "
-              f"prefix prefilled in pieces of {a.piece}, median of {a.decode_tokens} steps, the models interleaved")
+              f"prefix prefilled in pieces of {a.piece}, median of {a.decode_tokens} steps, the models taking turns "
+              f"of {DECODE_BLOCK} steps (the first untimed)")
     res_l, res_f = _decode_times([lin, full], a.lengths, a.decode_tokens, a.piece, a.batch, a.seed)
     table = Table(title="decode: milliseconds per token after a prefix of n tokens; state bytes measured")
     for col in ("n", "gated_deltanet ms/tok", "state MB", f"{a.full} ms/tok", "KV cache MB", "full/linear"):
