@@ -35,6 +35,12 @@ def whole(out: list, key: str, v, lo: int, hi: int, eg, why: str = "") -> bool:
     return False
 
 
+def answer_scores(ok, scored) -> dict:
+    """Answer accuracy (the share of scored positions that are right) and exact accuracy (the share of rows, one
+    example each, with every scored position right) from boolean tensors ``ok`` and ``scored`` of shape (N, T)."""
+    return {"accuracy": float(ok[scored].double().mean()), "exact": float((ok | ~scored).all(1).double().mean())}
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write ``path`` so that a reader (or a resumed run) sees the old file or the new one, never part of one:
     ``write(tmp)`` writes a temporary file in the same folder, which is flushed to disk and renamed over ``path``;

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import whole
+from .common import answer_scores, whole
 from .objectives.next_token import IGNORE
 
 NAMES = ("none", "trm")
@@ -219,17 +219,12 @@ def by_supervision_step(model, x: torch.Tensor, y: torch.Tensor, batch_size: int
         halted_at.append(first)
         halted_ok.append(per_step[-1][first, torch.arange(len(xb), device=x.device)])
     ok_all = torch.cat(per_step, 1)
-    out = [{"step": i + 1, **_scores(ok_all[i], scored)} for i in range(ok_all.shape[0])]
+    out = [{"step": i + 1, **answer_scores(ok_all[i], scored)} for i in range(ok_all.shape[0])]
     ok = torch.cat(halted_ok)
     at = torch.cat(halted_at) + 1
     model.train(was_training)
-    return ({"steps": out, "halted": {"mean_steps": float(at.double().mean()), **_scores(ok, scored),
+    return ({"steps": out, "halted": {"mean_steps": float(at.double().mean()), **answer_scores(ok, scored),
                                       "by_step": [{"step": int(i), "examples": int((at == i).sum()),
-                                                   **_scores(ok[at == i], scored[at == i])}
+                                                   **answer_scores(ok[at == i], scored[at == i])}
                                                   for i in torch.unique(at).tolist()]}},
             ok_all[-1].cpu())
-
-
-def _scores(ok: torch.Tensor, scored: torch.Tensor) -> dict:
-    """Answer and exact accuracy of the examples (rows) whose right answers are ``ok`` (N, T)."""
-    return {"accuracy": float(ok[scored].double().mean()), "exact": float((ok | ~scored).all(1).double().mean())}

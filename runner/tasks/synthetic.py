@@ -28,7 +28,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from .. import recursion
-from ..common import whole
+from ..common import answer_scores, whole
 from ..scoring import IGNORE, per_position
 
 GEN_VERSION = 1  # bump when a generator's output changes (it is part of every task's fingerprint)
@@ -292,8 +292,7 @@ def evaluate_task(model, data: TaskData, batch_size: int, device: torch.device) 
                                    torch.bool)
         scored = s.y != IGNORE
         ok = correct[scored].double()
-        exact = (correct | ~scored).all(1).double()
-        row = {"length": L, "accuracy": float(ok.mean()), "exact": float(exact.mean()), "examples": len(s),
+        row = {"length": L, **answer_scores(correct, scored), "examples": len(s),
                "answers": int(ok.numel()), "beyond_training": L > data.seq_len,
                "by": {t: _buckets(s.tags[t][scored].long(), ok, kind) for t, kind in data.task.TAGS.items()}}
         if hasattr(data.task, "baseline"):  # a solver without learning on the same examples (sudoku: propagation)
