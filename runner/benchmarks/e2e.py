@@ -21,8 +21,8 @@ against; its full-attention layers run torch SDPA as ours do.
 Decode mode (``--decode``) prefills our all-linear (1:0) model and our all-full (0:1) model to each prefix
 length n in pieces (the state carried between pieces, never recomputed), then times single-token decoding
 steps through the mixers' state (``HybridLM.decode_step``, the mixers' fast step), the two models taking turns of
-a few steps (the first of each turn untimed: it refills the caches the other model's step emptied): constant per token for the linear model, growing with n for softmax attention, together with the
-state bytes of each.
+a few steps (the first of each turn untimed: it refills the caches the other model's step emptied): constant per
+token for the linear model, growing with n for softmax attention, together with the state bytes of each.
 
 Runtime: idle OpenMP threads spin briefly, then sleep, and glibc malloc keeps freed memory for reuse (both set by
 runner/cpu_runtime.py when the package is imported, unless the user set the variables). Sleeping at once
