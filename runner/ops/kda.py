@@ -410,8 +410,8 @@ def chunk_kda(
     ``chunk_size`` must be a power of two; 32 (the default) ran fwd+bwd a few percent faster than 64 at T 8192
     (B 2, H 4, D 64, the two interleaved in one process on a 2-core CPU: per-round ratio medians 0.91, 0.93 and
     0.97 over three runs on the ops benchmark's inputs and weaker decays, one and two threads) and the same at
-    T 2048 and at the small model's shape (the halving tree has one level less, the C x C products shrink). The backward is written by hand (no autograd graph through the
-    chunk internals)."""
+    T 2048 and at the small model's shape (the halving tree has one level less, the C x C products shrink). The
+    backward is written by hand (no autograd graph through the chunk internals)."""
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two (e.g. 32, 64), got {chunk_size}")
     out_dtype = q.dtype

@@ -7,8 +7,9 @@ Kernels are short (K = 4), so the convolution is K shifted multiply-adds. The ba
 recomputes the pre-activation from the saved input instead of storing it, takes the SiLU's derivative in one
 fused kernel (``aten.silu_backward``) and the weight gradient as K dot products along time (``linalg.vecdot``):
 0.61-0.80x the time of the same backward written as elementwise products and sums (fwd+bwd, 384 channels, B 1 T
-1024 and T 4096 on one thread, B 2 T 2048 on two). On a 2-core CPU (fp32, batch 2, T 2048, 384 channels, 2 threads) forward + backward took 4.2 ms
-against 9.5-9.9 ms for SiLU(``F.conv1d``) with its two transposes (its depthwise backward is slow on CPU, and
+1024 and T 4096 on one thread, B 2 T 2048 on two). Before that, on a 2-core CPU (fp32, batch 2, T 2048, 384
+channels, 2 threads), forward + backward took 4.2 ms against 9.5-9.9 ms for SiLU(``F.conv1d``) with its two
+transposes (its depthwise backward is slow on CPU, and
 took 38 ms per call inside a training step when idle OpenMP threads slept at once).
 """
 from __future__ import annotations
