@@ -251,10 +251,24 @@ def _start_wandb(run_dir: str, config: dict, lg, console: Optional[Console] = No
         return start("offline")
 
 
+def _spread_columns(row: dict) -> dict:
+    """A bench row for a W&B table: each ``<time>_range`` pair [fastest, slowest] as two number columns
+    ``<time>_fastest`` and ``<time>_slowest``, which W&B can chart (a cell holding a list it cannot)."""
+    out = {}
+    for key, value in row.items():
+        if key.endswith("_range") and isinstance(value, (list, tuple)) and len(value) == 2:
+            time = key[:-len("_range")]
+            out[f"{time}_fastest"], out[f"{time}_slowest"] = value
+        else:
+            out[key] = value
+    return out
+
+
 def _summarise_wandb(run, results: dict) -> None:
     """Final numbers into the run summary (status first, so it is there whatever follows), and the bench rows
-    as a table ``bench`` with two line plots drawn from its columns: ``bench/time_vs_n`` (seconds) and
-    ``bench/memory_vs_n`` (bytes), one line per cost, over the lengths measured (status ok)."""
+    as a table ``bench`` (each timing range as fastest and slowest columns) with two line plots drawn from its
+    columns: ``bench/time_vs_n`` (seconds) and ``bench/memory_vs_n`` (bytes), one line per cost, over the lengths
+    measured (status ok)."""
     for k in ("status", "n_params", "layer_types"):
         if k in results:
             run.summary[k] = results[k]
@@ -269,6 +283,7 @@ def _summarise_wandb(run, results: dict) -> None:
         return
     import wandb
 
+    rows = [_spread_columns(r) for r in rows]
     cols = ["n", "status"] + sorted({c for r in rows for c in r} - {"n", "status"})
     table = wandb.Table(columns=cols, data=[[_clean(r.get(c)) for c in cols] for r in rows])
     logged = {"bench": table}

@@ -200,7 +200,8 @@ def test_wandb_run_is_finished_when_results_cannot_be_written(tmp_path, monkeypa
 def test_wandb_summary_holds_the_bench_table_and_plots(tmp_path, monkeypatch):
     t, fake = _tracker(tmp_path, monkeypatch)
     rows = [{"n": n, "status": "ok", "train_step_s": 1e-3 * n, "prefill_s": 5e-4 * n, "decode_s_per_token": 1e-3,
-             "train_peak_bytes": 1000 * n, "prefill_peak_bytes": 500 * n, "state_bytes": 64 * n}
+             "train_peak_bytes": 1000 * n, "prefill_peak_bytes": 500 * n, "state_bytes": 64 * n,
+             "train_step_s_range": [0.9e-3 * n, 1.2e-3 * n]}
             for n in (16, 32, 64)] + [{"n": 128, "status": "over_budget", "reason": "too slow"}]
     t.update(bench=rows, train={"final_loss": 2.5, "steps": 6}, n_params=123)
     t.finish("completed")
@@ -211,6 +212,10 @@ def test_wandb_summary_holds_the_bench_table_and_plots(tmp_path, monkeypatch):
     table = logged["bench"]
     assert table.columns[:2] == ["n", "status"] and len(table.data) == 4
     assert table.get_column("reason")[3] == "too slow"
+    # a timing range is two number columns W&B can chart, not a cell holding a list
+    assert "train_step_s_range" not in table.columns
+    assert table.get_column("train_step_s_fastest")[:3] == [0.9e-3 * n for n in (16, 32, 64)]
+    assert table.get_column("train_step_s_slowest") == [1.2e-3 * n for n in (16, 32, 64)] + [None]
     for key, series in (("bench/time_vs_n", {"train_step_s", "prefill_s", "decode_s_per_token"}),
                         ("bench/memory_vs_n", {"train_peak_bytes", "prefill_peak_bytes", "state_bytes"})):
         chart_table = logged[key].table
