@@ -7,6 +7,7 @@ any work starts.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -238,11 +239,38 @@ def path_safe(value) -> str:
     return re.sub(r"[^A-Za-z0-9._+=-]", "-", str(value))
 
 
+# config groups a folder name leaves out: attention is in it already, the logger and the experiment are not a
+# property of the model or the data (and a sweep's jobs share the experiment)
+_UNTAGGED_GROUPS = ("attention", "logger", "experiment")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_choices() -> Dict[str, Optional[str]]:
+    """conf/config.yaml's defaults list as {group: choice} (None for ``null``)."""
+    choices = {}
+    for entry in OmegaConf.load(os.path.join(CONF_DIR, "config.yaml")).defaults:
+        if isinstance(entry, DictConfig):
+            choices.update({str(k): None if v is None else str(v) for k, v in entry.items()})
+    return choices
+
+
+def choices_tag(choices) -> str:
+    """The config-group choices of a job that differ from conf/config.yaml's defaults, as ``_<group>=<choice>``
+    pieces of its folder name (``3_gated_deltanet_0-1_128_seed0_objective=mdlm``), in the defaults' order: the
+    jobs of a sweep over objective=, depth=, data=, model=... are told apart by name, not only by their number.
+    ``choices`` is Hydra's ``hydra.runtime.choices``; used in conf/config.yaml's run and sweep folders."""
+    choices = {} if choices is None else dict(choices)
+    return "".join(f"_{group}={path_safe(choices[group])}" for group, default in _default_choices().items()
+                   if group not in _UNTAGGED_GROUPS and group in choices and choices[group] != default)
+
+
 def register_resolvers() -> None:
     """The resolvers conf/ uses. Called at import, so that every process that reads the config (a joblib or
     submitit worker unpickles the job's function, importing this module) can resolve the folder names."""
     if not OmegaConf.has_resolver("path_safe"):
         OmegaConf.register_new_resolver("path_safe", path_safe)
+    if not OmegaConf.has_resolver("choices_tag"):
+        OmegaConf.register_new_resolver("choices_tag", choices_tag)
 
 
 register_resolvers()

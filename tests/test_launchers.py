@@ -33,7 +33,9 @@ def test_two_job_sweep_through_launcher(tmp_path, launcher):
                 f"hydra.sweep.dir={sweep}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     jobs = sorted(d for d in os.listdir(sweep) if (sweep / d).is_dir() and not d.startswith("."))
-    assert jobs == ["0_softmax_3-1_32_seed0", "1_gated_deltanet_3-1_32_seed0"], jobs
+    # the groups chosen away from the defaults are in the names (model=tiny data=text)
+    assert jobs == ["0_softmax_3-1_32_seed0_model=tiny_data=text",
+                    "1_gated_deltanet_3-1_32_seed0_model=tiny_data=text"], jobs
     for d in jobs:
         r = json.loads((sweep / d / "results.json").read_text())
         assert r["status"] == "completed", r.get("error")
