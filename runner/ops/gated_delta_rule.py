@@ -209,30 +209,42 @@ def _chunk_forward(q, k, v, g, beta, s0, keep_states: bool, keep_factors: bool =
     S = q.new_zeros(BH, K, V) if s0 is None else s0
     for a in range(0, N, G):
         s = slice(a, min(a + G, N))
-        n = s.stop - a
-        _, f = _group_factors(q[s], k[s], v[s], beta[s, ..., None], d[s], lo, causal, eye_c)
-        if keep_factors:
-            factors.append(f)
-        kb, L, Tm, W, U, P, Qs, kc, A = f
-        Bn = torch.matmul(kc.mT, U)  # (n, BH, K, V) chunk inputs
-        S0 = starts[s] if keep_states else q.new_empty(n, BH, K, V)
-        # the only sequential part: S_{n+1} = A_n S_n + B_n, one small matmul per chunk, written in place
-        S0[0].copy_(S)
-        for i in range(n - 1):
-            torch.baddbmm(Bn[i], A[i], S0[i], out=S0[i + 1])
-        S = torch.baddbmm(Bn[n - 1], A[n - 1], S0[n - 1])
-        torch.matmul(P, U, out=o[s])
-        _f3(o[s]).baddbmm_(_f3(Qs), _f3(S0))
+        S = _group_forward(q[s], k[s], v[s], beta[s, ..., None], d[s], S, starts[s] if keep_states else None, o[s],
+                           lo, causal, eye_c, factors)
     return o, S, d, starts, factors
+
+
+def _group_forward(gq, gk, gv, gb, gd, S, S0, og, lo, causal, eye_c, factors):
+    """One group of :func:`_chunk_forward` (its chunks' inputs as in :func:`_group_factors`), from the state S at
+    the group's start: writes the chunk-start states into S0 (n, BH, K, V; None: a scratch buffer) and the output
+    into og (n, BH, C, V), appends the factors to ``factors`` unless it is None, and returns the state at the
+    group's end. A function of its own so that a group's factors are freed before the next group's are made (see
+    :func:`_group_backward`)."""
+    n = gq.shape[0]
+    if S0 is None:
+        S0 = gq.new_empty(n, *S.shape)
+    _, f = _group_factors(gq, gk, gv, gb, gd, lo, causal, eye_c)
+    if factors is not None:
+        factors.append(f)
+    kb, L, Tm, W, U, P, Qs, kc, A = f
+    Bn = torch.matmul(kc.mT, U)  # (n, BH, K, V) chunk inputs
+    # the only sequential part: S_{n+1} = A_n S_n + B_n, one small matmul per chunk, written in place
+    S0[0].copy_(S)
+    for i in range(n - 1):
+        torch.baddbmm(Bn[i], A[i], S0[i], out=S0[i + 1])
+    S = torch.baddbmm(Bn[n - 1], A[n - 1], S0[n - 1])
+    torch.matmul(P, U, out=og)
+    _f3(og).baddbmm_(_f3(Qs), _f3(S0))
+    return S
 
 
 N_FACTORS = 9  # tensors per group in _group_factors' second tuple
 
 
 def _chunk_backward(q, k, v, beta, d, starts, kept, do, dS):
-    """The backward of :func:`_chunk_forward` on chunk-major tensors: one reversed pass over the groups of chunks,
-    each group's factors recomputed (or taken from ``kept``, the forward's with ``keep_factors``). Returns the
-    gradients of q, k, v, g, beta (chunk-major) and of the initial state."""
+    """The backward of :func:`_chunk_forward` on chunk-major tensors: one reversed pass over the groups of chunks
+    (:func:`_group_backward`), each group's factors recomputed (or taken from ``kept``, the forward's with
+    ``keep_factors``). Returns the gradients of q, k, v, g, beta (chunk-major) and of the initial state."""
     N, BH, C, K = q.shape
     V = v.shape[-1]
     lo = _exp_floor(q.dtype)
@@ -245,59 +257,73 @@ def _chunk_backward(q, k, v, beta, d, starts, kept, do, dS):
     G = _group_size(BH, C, max(K, V))
     for a in reversed(range(0, N, G)):
         s = slice(a, min(a + G, N))
-        n = s.stop - a
-        gq, gk, gv, gb, gdo, S0 = q[s], k[s], v[s], beta[s, ..., None], do[s], starts[s]
-        if kept:  # keep_factors: the forward's
-            E, Ec, e, gamma = _decays(d[s], lo, causal)
-            j = N_FACTORS * (a // G)
-            kb, L, Tm, W, U, P, Qs, kc, A = kept[j:j + N_FACTORS]
-        else:
-            (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A) = _group_factors(gq, gk, gv, gb, d[s], lo,
-                                                                                causal, eye_c)
-        # reverse scan: dB[i] = dLoss/dS at the end of chunk a+i; the chunk-start state feeds A S + B and Qs S
-        QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
-        dB = q.new_empty(n, BH, K, V)
-        dB[n - 1].copy_(Gc)
-        for i in range(n - 1, 0, -1):
-            torch.baddbmm(QdO[i], A[i].mT, dB[i], out=dB[i - 1])
-        Gc = torch.baddbmm(QdO[0], A[0].mT, dB[0])
-        dA = torch.matmul(dB, S0.mT)  # (n, BH, K, K)
-        dQs = torch.matmul(gdo, S0.mT)  # (n, BH, C, K)
-        dP = torch.matmul(gdo, U.mT)  # (n, BH, C, C)
-        _f3(dP).baddbmm_(_f3(dQs), _f3(W).mT, alpha=-1)
-        dU = torch.matmul(P.mT, gdo)  # (n, BH, C, V)
-        _f3(dU).baddbmm_(_f3(kc), _f3(dB))
-        nW = torch.matmul(P.mT, dQs)  # minus dLoss/dW
-        _f3(nW).baddbmm_(_f3(kc), _f3(dA))
-        dkc = torch.matmul(U, dB.mT)  # (n, BH, C, K)
-        _f3(dkc).baddbmm_(_f3(W), _f3(dA).mT, alpha=-1)
-        de = dA.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (n, BH, 1)
-        # through W = T (kb E), U = T (beta v), T = (I + L)^-1: dL = -T^T dT T^T
-        nRW = torch.matmul(Tm.mT, nW)  # minus dLoss/d(kb E)
-        dRU = torch.matmul(Tm.mT, dU)  # dLoss/d(beta v)
-        dL = torch.matmul(nRW, W.mT)
-        _f3(dL).baddbmm_(_f3(dRU), _f3(U).mT, alpha=-1)
-        dL.tril_(-1)  # only the strictly lower part of L was used
-        # L = (kb k^T) * gamma, P = (q k^T) * gamma; Hm = dLoss/dgamma * gamma
-        Hm = (dL * L).addcmul_(dP, P)
-        dM, dN = dL.mul_(gamma), dP.mul_(gamma)
-        dkb = torch.matmul(dM, gk).addcmul_(nRW, E[..., None], value=-1)
-        torch.matmul(dN, gk, out=dq[s]).addcmul_(dQs, E[..., None])
-        gdk = torch.matmul(dM.mT, kb, out=dk[s])
-        _f3(gdk).baddbmm_(_f3(dN).mT, _f3(gq))
-        gdk.addcmul_(dkc, Ec[..., None]).addcmul_(dkb, gb)
-        # the log decay. With gamma_ij = exp(d_i - d_j), E = exp(d), e = exp(d_C) and d = cumsum(g):
-        # dg_t = sum_{i >= t > j} Hm_ij + sum_{i >= t} dE_i E_i + de e + sum_{i < t} F_i, where
-        # F_i = dLoss/dEc_i Ec_i for Ec_i = exp(d_C - d_i). Written so that no O(1) terms cancel in float
-        # (gamma_ii = 1 and Ec_C = 1 do not depend on g), which would swamp tiny gradients of strong decays.
-        Hm.diagonal(dim1=-2, dim2=-1).zero_()
-        dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) - (nRW * kb).sum(-1)) * E
-        dd[..., -1] += (de * e).squeeze(-1)
-        Fk = (dkc * kc).sum(-1)  # (n, BH, C)
-        torch.add(dd.flip(-1).cumsum(-1).flip(-1), F.pad(Fk[..., :-1].cumsum(-1), (1, 0)), out=dg[s])
-        torch.mul(dRU, gb, out=dv[s])
-        torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=dbeta[s])
+        j = N_FACTORS * (a // G)
+        Gc = _group_backward(q[s], k[s], v[s], beta[s, ..., None], d[s], do[s], starts[s],
+                             kept[j:j + N_FACTORS] if kept else None, Gc, lo, causal, eye_c,
+                             (dq[s], dk[s], dv[s], dg[s], dbeta[s]))
     return dq, dk, dv, dg, dbeta, Gc
+
+
+def _group_backward(gq, gk, gv, gb, gd, gdo, S0, kept, Gc, lo, causal, eye_c, out):
+    """One group of :func:`_chunk_backward`: q, k (n, BH, C, K), v and dO (n, BH, C, V), beta (n, BH, C, 1), the
+    cumulative log decay (n, BH, C) and the chunk-start states (n, BH, K, V) of its chunks, the forward's factors
+    or None (recomputed), and Gc = dLoss/dS at the group's end. Writes the group's gradients of q, k, v, g, beta
+    into ``out`` (slices of the whole buffers) and returns dLoss/dS at the group's start. A function of its own
+    so that the group's intermediates are freed on return, before the next group's are made: as a loop body's
+    locals they stayed bound until rebound, two groups' worth at once (5.5 MB of the small model's 114 MB
+    training-step peak at n = 2,048)."""
+    n, BH, _, K = gq.shape
+    V = gv.shape[-1]
+    dq, dk, dv, dg, dbeta = out
+    if kept is not None:  # keep_factors: the forward's
+        E, Ec, e, gamma = _decays(gd, lo, causal)
+        kb, L, Tm, W, U, P, Qs, kc, A = kept
+    else:
+        (E, Ec, e, gamma), (kb, L, Tm, W, U, P, Qs, kc, A) = _group_factors(gq, gk, gv, gb, gd, lo, causal, eye_c)
+    # reverse scan: dB[i] = dLoss/dS at the end of the group's chunk i; its start state feeds A S + B and Qs S
+    QdO = torch.matmul(Qs.mT, gdo)  # (n, BH, K, V)
+    dB = gq.new_empty(n, BH, K, V)
+    dB[n - 1].copy_(Gc)
+    for i in range(n - 1, 0, -1):
+        torch.baddbmm(QdO[i], A[i].mT, dB[i], out=dB[i - 1])
+    Gc = torch.baddbmm(QdO[0], A[0].mT, dB[0])
+    dA = torch.matmul(dB, S0.mT)  # (n, BH, K, K)
+    dQs = torch.matmul(gdo, S0.mT)  # (n, BH, C, K)
+    dP = torch.matmul(gdo, U.mT)  # (n, BH, C, C)
+    _f3(dP).baddbmm_(_f3(dQs), _f3(W).mT, alpha=-1)
+    dU = torch.matmul(P.mT, gdo)  # (n, BH, C, V)
+    _f3(dU).baddbmm_(_f3(kc), _f3(dB))
+    nW = torch.matmul(P.mT, dQs)  # minus dLoss/dW
+    _f3(nW).baddbmm_(_f3(kc), _f3(dA))
+    dkc = torch.matmul(U, dB.mT)  # (n, BH, C, K)
+    _f3(dkc).baddbmm_(_f3(W), _f3(dA).mT, alpha=-1)
+    de = dA.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (n, BH, 1)
+    # through W = T (kb E), U = T (beta v), T = (I + L)^-1: dL = -T^T dT T^T
+    nRW = torch.matmul(Tm.mT, nW)  # minus dLoss/d(kb E)
+    dRU = torch.matmul(Tm.mT, dU)  # dLoss/d(beta v)
+    dL = torch.matmul(nRW, W.mT)
+    _f3(dL).baddbmm_(_f3(dRU), _f3(U).mT, alpha=-1)
+    dL.tril_(-1)  # only the strictly lower part of L was used
+    # L = (kb k^T) * gamma, P = (q k^T) * gamma; Hm = dLoss/dgamma * gamma
+    Hm = (dL * L).addcmul_(dP, P)
+    dM, dN = dL.mul_(gamma), dP.mul_(gamma)
+    dkb = torch.matmul(dM, gk).addcmul_(nRW, E[..., None], value=-1)
+    torch.matmul(dN, gk, out=dq).addcmul_(dQs, E[..., None])
+    gdk = torch.matmul(dM.mT, kb, out=dk)
+    _f3(gdk).baddbmm_(_f3(dN).mT, _f3(gq))
+    gdk.addcmul_(dkc, Ec[..., None]).addcmul_(dkb, gb)
+    # the log decay. With gamma_ij = exp(d_i - d_j), E = exp(d), e = exp(d_C) and d = cumsum(g):
+    # dg_t = sum_{i >= t > j} Hm_ij + sum_{i >= t} dE_i E_i + de e + sum_{i < t} F_i, where
+    # F_i = dLoss/dEc_i Ec_i for Ec_i = exp(d_C - d_i). Written so that no O(1) terms cancel in float
+    # (gamma_ii = 1 and Ec_C = 1 do not depend on g), which would swamp tiny gradients of strong decays.
+    Hm.diagonal(dim1=-2, dim2=-1).zero_()
+    dd = Hm.sum(-1) - Hm.sum(-2) + ((dQs * gq).sum(-1) - (nRW * kb).sum(-1)) * E
+    dd[..., -1] += (de * e).squeeze(-1)
+    Fk = (dkc * kc).sum(-1)  # (n, BH, C)
+    torch.add(dd.flip(-1).cumsum(-1).flip(-1), F.pad(Fk[..., :-1].cumsum(-1), (1, 0)), out=dg)
+    torch.mul(dRU, gb, out=dv)
+    torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=dbeta)
+    return Gc
 
 
 class _Layout:

@@ -305,23 +305,35 @@ def _kda_forward(q, k, v, g, beta, s0, keep: bool):
     gs = _group_size(BH, C, max(K, V))
     for a in range(0, N, gs):
         sl = slice(a, min(a + gs, N))
-        n = sl.stop - a
-        f3 = lambda x: x[sl].reshape(n * BH, *x.shape[2:])
-        f = _chunk_factors(f3(q), f3(k), f3(v), f3(g), f3(beta).unsqueeze(-1), False)
-        Kct = f["Kc"].mT
-        trans = torch.baddbmm(Kct.new_empty(()), Kct, f["W"], beta=0, alpha=-1)
-        trans.diagonal(dim1=-2, dim2=-1).add_(f["eG"][:, -1])
-        trans, inp = trans.view(n, BH, K, K), torch.bmm(Kct, f["U"]).view(n, BH, K, V)
-        S0 = starts[sl] if keep else q.new_empty(n, BH, K, V)
-        S0[0] = S
-        for i in range(n):                                            # the only sequential part
-            S = torch.baddbmm(inp[i], trans[i], S0[i], out=S0[i + 1] if i + 1 < n else None)
-        S0 = S0.view(n * BH, K, V)
-        Un = torch.baddbmm(f["U"], f["W"], S0, alpha=-1)              # U - W S_0
-        og = o[sl].view(n * BH, C, V)
-        torch.bmm(f["P"], Un, out=og)
-        og.baddbmm_(f["Qe"], S0)
+        f3 = lambda x: x[sl].reshape(-1, *x.shape[2:])  # (n, BH, ...) -> (n * BH, ...)
+        S = _group_forward(f3(q), f3(k), f3(v), f3(g), f3(beta).unsqueeze(-1), S, starts[sl] if keep else None,
+                           f3(o))
     return o, S, starts
+
+
+def _group_forward(gq, gk, gv, gg, gb, S, S0, og):
+    """One group of :func:`_kda_forward` (its chunks flattened with the heads, as in :func:`_group_backward`),
+    from the state S (BH, K, V) at the group's start: writes the chunk-start states into S0 (n, BH, K, V; None: a
+    scratch buffer) and the output into og (n BH, C, V), and returns the state at the group's end. A function of
+    its own so that a group's factors are freed before the next group's are made."""
+    Bt, C, K = gq.shape
+    BH, V = S.shape[0], gv.shape[-1]
+    n = Bt // BH
+    if S0 is None:
+        S0 = gq.new_empty(n, BH, K, V)
+    f = _chunk_factors(gq, gk, gv, gg, gb, False)
+    Kct = f["Kc"].mT
+    trans = torch.baddbmm(Kct.new_empty(()), Kct, f["W"], beta=0, alpha=-1)
+    trans.diagonal(dim1=-2, dim2=-1).add_(f["eG"][:, -1])
+    trans, inp = trans.view(n, BH, K, K), torch.bmm(Kct, f["U"]).view(n, BH, K, V)
+    S0[0] = S
+    for i in range(n):                                            # the only sequential part
+        S = torch.baddbmm(inp[i], trans[i], S0[i], out=S0[i + 1] if i + 1 < n else None)
+    S0 = S0.view(Bt, K, V)
+    Un = torch.baddbmm(f["U"], f["W"], S0, alpha=-1)              # U - W S_0
+    torch.bmm(f["P"], Un, out=og)
+    og.baddbmm_(f["Qe"], S0)
+    return S
 
 
 class _ChunkKDA(torch.autograd.Function):
@@ -349,48 +361,59 @@ class _ChunkKDA(torch.autograd.Function):
         gs = _group_size(BH, C, max(K, V))
         for a in reversed(range(0, N, gs)):
             sl = slice(a, min(a + gs, N))
-            n = sl.stop - a
-            Bt = n * BH
-            f3 = lambda x: x[sl].reshape(Bt, *x.shape[2:])
-            gq, gk, gv, gdo, S0 = f3(q), f3(k), f3(v), f3(do), f3(starts)
-            gb = f3(beta).unsqueeze(-1)
-            f = _chunk_factors(gq, gk, gv, f3(g), gb, True)
-            P, Tm, eG, eS, W, U, Kc, Qe = (f[x] for x in ("P", "Tm", "eG", "eS", "W", "U", "Kc", "Qe"))
-            trans = torch.baddbmm(Kc.new_empty(()), Kc.mT, W, beta=0, alpha=-1)
-            trans.diagonal(dim1=-2, dim2=-1).add_(eG[:, -1])
-            # reverse scan: dS_0 = trans^T dS_end + Qs^T dO with Qs = Q exp(G) - P W
-            dU = torch.bmm(P.mT, gdo)                                 # P^T dO, then + Kc dS_end below
-            QdO = torch.bmm(Qe.mT, gdo).baddbmm_(W.mT, dU, alpha=-1).view(n, BH, K, V)
-            trans = trans.view(n, BH, K, K)
-            dSend = q.new_empty(n, BH, K, V)                          # dLoss/dS at each chunk's end
-            dSend[n - 1] = Gc
-            for i in range(n - 1, -1, -1):
-                Gc = torch.baddbmm(QdO[i], trans[i].mT, dSend[i], out=dSend[i - 1] if i else None)
-            dSend = dSend.view(Bt, K, V)
-            # O = Qe S_0 + P Un and S_end = Diag(exp(G_C)) S_0 + Kc^T Un with Un = U - W S_0
-            Un = torch.baddbmm(U, W, S0, alpha=-1)
-            D = q.new_empty(2, Bt, C, C)                              # [dP; dA]
-            torch.bmm(gdo, Un.mT, out=D[0])
-            dKc = torch.bmm(Un, dSend.mT)
-            dU.baddbmm_(Kc, dSend)
-            dW = torch.baddbmm(dU.new_empty(()), dU, S0.mT, beta=0, alpha=-1)
-            dQe = torch.bmm(gdo, S0.mT)
-            # through [W | U] = T [RW | RU] and T = (I + A)^-1: dR = T^T d[W | U], dA = -T^T dT T^T = -dR [W | U]^T
-            dRW, dRU = torch.bmm(Tm.mT, dW), torch.bmm(Tm.mT, dU)
-            torch.baddbmm(D[1], dRW, W.mT, beta=0, alpha=-1, out=D[1])
-            D[1].baddbmm_(dRU, U.mT, alpha=-1)
-            gdq, gdk, gdg = f3(dq), f3(dk), f3(dg)
-            torch.mul(dQe, eG, out=gdq)
-            dkb = dRW * eG
-            lam = torch.mul(dQe, Qe, out=gdg).addcmul_(dRW, f["RW"])  # d log exp(G) = d exp(G) exp(G)
-            lam[:, -1].addcmul_((dSend * S0).sum(-1), eG[:, -1])      # exp(G_C) on the transitions' diagonal
-            mu = dKc * Kc                                             # d log exp(G_C - G)
-            torch.mul(dKc, eS, out=gdk)
-            torch.mul(dRU, gb, out=f3(dv))
-            _intra_chunk_backward(gq, gk, f["kb"], f["lv"], D, gdq, dkb, gdk, lam, mu)
-            gdk.addcmul_(dkb, gb)
-            torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=f3(dbeta))
+            f3 = lambda x: x[sl].reshape(-1, *x.shape[2:])  # (n, BH, ...) -> (n * BH, ...)
+            Gc = _group_backward(f3(q), f3(k), f3(v), f3(g), f3(beta).unsqueeze(-1), f3(do), f3(starts), Gc,
+                                 (f3(dq), f3(dk), f3(dg), f3(dv), f3(dbeta)))
         return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None)
+
+
+def _group_backward(gq, gk, gv, gg, gb, gdo, S0, Gc, out):
+    """One group of :class:`_ChunkKDA`'s backward, its n chunks flattened with the heads: q, k, g (n BH, C, K), v
+    and dO (n BH, C, V), beta (n BH, C, 1), the chunk-start states (n BH, K, V) and Gc = dLoss/dS at the group's
+    end (BH, K, V). Recomputes the group's factors, writes its gradients of q, k, g, v, beta into ``out`` (views
+    of the whole buffers) and returns dLoss/dS at the group's start. A function of its own so that the group's
+    intermediates are freed on return, before the next group's are made (a loop body's locals stay bound until
+    rebound: two groups' worth at once)."""
+    Bt, C, K = gq.shape
+    BH, V = Gc.shape[0], gv.shape[-1]
+    n = Bt // BH
+    f = _chunk_factors(gq, gk, gv, gg, gb, True)
+    P, Tm, eG, eS, W, U, Kc, Qe = (f[x] for x in ("P", "Tm", "eG", "eS", "W", "U", "Kc", "Qe"))
+    trans = torch.baddbmm(Kc.new_empty(()), Kc.mT, W, beta=0, alpha=-1)
+    trans.diagonal(dim1=-2, dim2=-1).add_(eG[:, -1])
+    # reverse scan: dS_0 = trans^T dS_end + Qs^T dO with Qs = Q exp(G) - P W
+    dU = torch.bmm(P.mT, gdo)                                 # P^T dO, then + Kc dS_end below
+    QdO = torch.bmm(Qe.mT, gdo).baddbmm_(W.mT, dU, alpha=-1).view(n, BH, K, V)
+    trans = trans.view(n, BH, K, K)
+    dSend = gq.new_empty(n, BH, K, V)                          # dLoss/dS at each chunk's end
+    dSend[n - 1] = Gc
+    for i in range(n - 1, -1, -1):
+        Gc = torch.baddbmm(QdO[i], trans[i].mT, dSend[i], out=dSend[i - 1] if i else None)
+    dSend = dSend.view(Bt, K, V)
+    # O = Qe S_0 + P Un and S_end = Diag(exp(G_C)) S_0 + Kc^T Un with Un = U - W S_0
+    Un = torch.baddbmm(U, W, S0, alpha=-1)
+    D = gq.new_empty(2, Bt, C, C)                              # [dP; dA]
+    torch.bmm(gdo, Un.mT, out=D[0])
+    dKc = torch.bmm(Un, dSend.mT)
+    dU.baddbmm_(Kc, dSend)
+    dW = torch.baddbmm(dU.new_empty(()), dU, S0.mT, beta=0, alpha=-1)
+    dQe = torch.bmm(gdo, S0.mT)
+    # through [W | U] = T [RW | RU] and T = (I + A)^-1: dR = T^T d[W | U], dA = -T^T dT T^T = -dR [W | U]^T
+    dRW, dRU = torch.bmm(Tm.mT, dW), torch.bmm(Tm.mT, dU)
+    torch.baddbmm(D[1], dRW, W.mT, beta=0, alpha=-1, out=D[1])
+    D[1].baddbmm_(dRU, U.mT, alpha=-1)
+    gdq, gdk, gdg, gdv, gdbeta = out
+    torch.mul(dQe, eG, out=gdq)
+    dkb = dRW * eG
+    lam = torch.mul(dQe, Qe, out=gdg).addcmul_(dRW, f["RW"])  # d log exp(G) = d exp(G) exp(G)
+    lam[:, -1].addcmul_((dSend * S0).sum(-1), eG[:, -1])      # exp(G_C) on the transitions' diagonal
+    mu = dKc * Kc                                             # d log exp(G_C - G)
+    torch.mul(dKc, eS, out=gdk)
+    torch.mul(dRU, gb, out=gdv)
+    _intra_chunk_backward(gq, gk, f["kb"], f["lv"], D, gdq, dkb, gdk, lam, mu)
+    gdk.addcmul_(dkb, gb)
+    torch.add((dRU * gv).sum(-1), (dkb * gk).sum(-1), out=gdbeta)
+    return Gc
 
 
 @full_precision
