@@ -41,6 +41,7 @@ from torch import nn
 
 from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, ShortConv, State, conv_step, dtype_bytes
 from runner.ops.kda import recurrent_kda
+from runner.ops.norms import gated_rms_norm_linear
 
 _MODES = ("chunk", "recurrent")
 _RECURRENT_BELOW = 16  # calls shorter than this use the recurrent form in "chunk" mode
@@ -143,7 +144,9 @@ class KimiDeltaAttention(Mixer):
             o, S = self.chunk_op("chunk_kda")(q, k, v, g, beta, initial_state=s0, output_final_state=need_state,
                                               use_qk_l2norm_in_kernel=True, chunk_size=self.cfg.chunk_size)
         gate = self.g_b_proj(self.g_a_proj(x)).view(B, T, HV, VD)
-        y = self.o_proj(self.o_norm(o, gate).reshape(B, T, HV * VD))
+        # o_proj(o_norm(o, gate)) as one step: its input is recomputed in the backward, not kept
+        y = gated_rms_norm_linear(o.to(x.dtype), gate, self.o_norm.weight, self.o_norm.eps, self.o_norm.activation,
+                                  self.o_proj.weight)
         if not need_state:
             return y, None
         new_state = {"S": S}
