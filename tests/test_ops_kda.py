@@ -150,3 +150,31 @@ def test_gradients_match_recurrent_float32_output_only(state):
 
 
 # what the op keeps for its backward (inputs and chunk states only): tests/test_ops_saved_memory.py
+
+
+def test_log_decay_gradients_from_its_output_alone():
+    """kda_log_decay keeps only g for its backward; its gradients equal autograd's through the plain formula,
+    softplus's linear and exponential tails included (f from -30.5 to 29.5)."""
+    from runner.ops.kda import kda_log_decay
+
+    g0 = torch.Generator().manual_seed(0)
+    # the grid steps over 20, where torch's softplus switches to its linear branch (finite differences across
+    # that seam would measure the seam, not the function)
+    f = torch.cat([torch.linspace(-30.5, 29.5, 61, dtype=torch.float64).view(1, 61, 1, 1).expand(1, 61, 3, 4),
+                   torch.randn(2, 61, 3, 4, dtype=torch.float64, generator=g0) * 3]).requires_grad_()
+    A_log = torch.empty(3, dtype=torch.float64).uniform_(0.0, 2.8, generator=g0).requires_grad_()
+    assert torch.autograd.gradcheck(kda_log_decay, (f, A_log))
+    dg = torch.randn(f.shape, dtype=torch.float64, generator=g0)
+    got = kda_log_decay(f, A_log)
+    assert torch.allclose(got, -A_log.exp().view(3, 1) * torch.nn.functional.softplus(f), rtol=1e-12, atol=0)
+    # the gradients against softplus without torch's linear branch above 20 (whose derivative is 1, not
+    # sigmoid(f)): log(1 + e^f) exactly
+    ref = -A_log.exp().view(3, 1) * torch.logaddexp(f, torch.zeros(()))
+    want = torch.autograd.grad(ref, (f, A_log), dg)
+    for a, b in zip(torch.autograd.grad(got, (f, A_log), dg), want):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-300), (a - b).abs().max()
+    # what it keeps: its output (and the parameter), nothing of f's size besides
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        out = kda_log_decay(f, A_log)
+    assert [t.data_ptr() for t in kept if t.numel() == f.numel()] == [out.data_ptr()]

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.mixers.base import GatedRMSNorm, Mixer, MixerConfig, ShortConv, State, conv_step, dtype_bytes
-from runner.ops.kda import recurrent_kda
+from runner.ops.kda import kda_log_decay, recurrent_kda
 from runner.ops.norms import gated_rms_norm_linear
 
 _MODES = ("chunk", "recurrent")
@@ -131,7 +131,7 @@ class KimiDeltaAttention(Mixer):
         v = v.reshape(B, T, HV, VD)
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32    # gates in fp32 (fp64 models: fp64)
         f = self.f_b_proj(self.f_a_proj(x)).to(cdt) + self.dt_bias.to(cdt)    # (B, T, H K)
-        g = -self.A_log.to(cdt).exp().view(H, 1) * F.softplus(f.view(B, T, H, K))  # (B, T, H, K), <= 0
+        g = kda_log_decay(f.view(B, T, H, K), self.A_log)                       # (B, T, H, K), <= 0
         beta = torch.sigmoid(self.b_proj(x).to(cdt))                           # (B, T, H)
         if HV != H:
             q, k, g = (t.repeat_interleave(HV // H, dim=2) for t in (q, k, g))

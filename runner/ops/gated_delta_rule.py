@@ -51,16 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .chunk_layout import ChunkLayout, rnorm
 from .precision import full_precision
 
 
-def _rnorm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """1 / sqrt(sum(x^2) + eps) over the last dim: the l2norm's factor (kept for its backward)."""
-    return torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
-
-
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
-    return x * _rnorm(x)
+    return x * rnorm(x)
 
 
 def _check(q, k, v, g, beta, initial_state):
@@ -326,70 +322,11 @@ def _group_backward(gq, gk, gv, gb, gd, gdo, S0, kept, Gc, lo, causal, eye_c, ou
     return Gc
 
 
-class _Layout:
-    """Moves the op's arguments between the caller's (B, T, heads, dim) layout and the chunk-major (N, B*HV, C, D)
-    one, with the preparation of q and k (the compute dtype, the q/k heads repeated to the value heads, the
-    optional l2norm and the query scale) and the backward of each of those steps, so that the autograd function
-    can keep the caller's tensors themselves rather than prepared copies."""
-
-    def __init__(self, q, v, scale, l2norm, chunk_size):
-        self.B, self.T, self.H, self.K = q.shape
-        self.HV, self.V = v.shape[2], v.shape[3]
-        self.C = max(1, min(chunk_size, self.T))  # a sequence shorter than one chunk is one chunk, unpadded
-        self.N = -(-self.T // self.C)
-        self.pad = self.N * self.C - self.T
-        self.scale = self.K ** -0.5 if scale is None else scale
-        self.l2norm = l2norm
-        self.dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-
-    def chunks(self, t):
-        """(B, T, HV, D) -> (N, B*HV, C, D), padded with zeros (identity steps), chunk-major so that the scan reads
-        contiguous slices."""
-        B, N, C, HV = self.B, self.N, self.C, self.HV
-        t = t.to(self.dt)
-        if self.pad:
-            t = F.pad(t, (0, 0, 0, 0, 0, self.pad))
-        return t.reshape(B, N, C, HV, -1).permute(1, 0, 3, 2, 4).reshape(N, B * HV, C, t.shape[-1]).contiguous()
-
-    def unchunks(self, t):
-        """The inverse of :meth:`chunks` (without the padding): (N, B*HV, C, D) -> (B, T, HV, D)."""
-        B, N, C, HV = self.B, self.N, self.C, self.HV
-        return t.reshape(N, B, HV, C, -1).permute(1, 0, 3, 2, 4).reshape(B, N * C, HV, t.shape[-1])[:, :self.T]
-
-    def _qk(self, x):
-        """q or k (B, T, H, K) -> repeated to the value heads (and l2-normalised): (x', r) with r the l2norm's
-        reciprocal norms (None without it)."""
-        x = x.to(self.dt)
-        if self.HV != self.H:
-            x = x.repeat_interleave(self.HV // self.H, dim=2)
-        if not self.l2norm:
-            return x, None
-        r = _rnorm(x)
-        return x * r, r
-
-    def prepare(self, q, k, v, g, beta):
-        """Chunk-major q (scaled), k, v, g, beta, computed from the caller's tensors."""
-        qn, _ = self._qk(q)
-        kn, _ = self._qk(k)
-        return (self.chunks(qn * self.scale), self.chunks(kn), self.chunks(v),
-                self.chunks(g.unsqueeze(-1)).squeeze(-1), self.chunks(beta.unsqueeze(-1)).squeeze(-1))
-
-    def qk_grad(self, dx, x):
-        """The gradient of the caller's q or k from that of its prepared chunk-major form (scale not included)."""
-        dx = self.unchunks(dx)
-        if self.l2norm:
-            xn, r = self._qk(x)
-            dx = r * (dx - xn * (dx * xn).sum(-1, keepdim=True))  # through x * rsqrt(sum x^2 + eps)
-        if self.HV != self.H:
-            dx = dx.reshape(self.B, self.T, self.H, self.HV // self.H, self.K).sum(3)
-        return dx.to(x.dtype)
-
-
 class _ChunkGatedDeltaRule(torch.autograd.Function):
-    """The chunked form with a hand-written backward, on the caller's tensors (``_Layout``). What it keeps for the
-    backward is the caller's q, k, v, g, beta themselves (typically views of one activation, kept once) and one
-    (K, V) start state per chunk; the backward recomputes the prepared chunk-major inputs and, group by group, the
-    intra-chunk factors (or, with ``keep_factors``, keeps those as well)."""
+    """The chunked form with a hand-written backward, on the caller's tensors (runner/ops/chunk_layout.py). What
+    it keeps for the backward is the caller's q, k, v, g, beta themselves (typically views of one activation, kept
+    once) and one (K, V) start state per chunk; the backward recomputes the prepared chunk-major inputs and, group
+    by group, the intra-chunk factors (or, with ``keep_factors``, keeps those as well)."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, s0, keep_factors, lay):
@@ -413,9 +350,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
                                                      dSc)
         dq = lay.qk_grad(dq.mul_(lay.scale), q)
         dk = lay.qk_grad(dk, k)
-        dv = lay.unchunks(dv).to(v.dtype)
-        dg = lay.unchunks(dg.unsqueeze(-1)).squeeze(-1).to(g.dtype)
-        dbeta = lay.unchunks(dbeta.unsqueeze(-1)).squeeze(-1).to(beta.dtype)
+        dv, dg, dbeta = lay.grad(dv, v), lay.grad(dg, g), lay.grad(dbeta, beta)
         ds0 = ds0.reshape(lay.B, lay.HV, lay.K, lay.V).to(ctx.s0_dtype) if ctx.has_s0 else None
         return dq, dk, dv, dg, dbeta, ds0, None, None
 
@@ -442,7 +377,7 @@ def chunk_gated_delta_rule(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _check(q, k, v, g, beta, initial_state)
     out_dtype = v.dtype
-    lay = _Layout(q, v, scale, use_qk_l2norm_in_kernel, chunk_size)
+    lay = ChunkLayout(q, v, scale, use_qk_l2norm_in_kernel, chunk_size)
     if lay.T == 0:
         s0 = None if initial_state is None else initial_state.to(lay.dt)
         final = (s0 if s0 is not None else q.new_zeros(lay.B, lay.HV, lay.K, lay.V, dtype=lay.dt)) \

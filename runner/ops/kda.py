@@ -51,10 +51,10 @@ products only (one exp per step and channel in all): the in-block prefix factors
 of its halves, the right half's times the left half's total (and mirrored for the suffix factors); the last
 level yields exp(G) and exp(G_C - G) as well. Each factor is the product of exactly the exp(g_t) it contains.
 
-Backward (``_ChunkKDA``, written by hand). The forward saves only the op's inputs (q already scaled and, with
-``use_qk_l2norm_in_kernel``, normalised; k, v, g, beta in chunk layout) and every chunk's start state S_0
-(N x K x V per head): nothing of size C x C and no other per-token intermediate. The backward walks the groups
-of chunks in reverse. Per group it recomputes P, T, W, U, Q exp(G), Kc and the transitions from the inputs,
+Backward (``_ChunkKDA``, written by hand). The forward saves only the caller's q, k, v, g, beta themselves (the
+l2norm, the query scale and the chunk layout are recomputed in the backward: runner/ops/chunk_layout.py) and
+every chunk's start state S_0 (N x K x V per head): nothing of size C x C and no other per-token intermediate.
+The backward walks the groups of chunks in reverse. Per group it recomputes P, T, W, U, Q exp(G), Kc and the transitions from the inputs,
 runs the reverse state scan dS_0 = trans^T dS_end + Qs^T dO (Qs = Q exp(G) - P W, the mirror of the forward
 scan), then forms the gradients by hand: with Un = U - W S_0, dP = dO Un^T, d(Q exp(G)) = dO S_0^T,
 dKc = Un dS_end^T, dU = P^T dO + Kc dS_end, dW = -dU S_0^T, d exp(G_C) = sum_v dS_end S_0 (the transitions'
@@ -89,6 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .chunk_layout import ChunkLayout
 from .precision import full_precision
 
 
@@ -96,8 +97,8 @@ def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
-def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
-    """Shape checks, promotion to the compute dtype, optional q/k l2norm and the query scale."""
+def _check(q, k, v, g, beta, initial_state):
+    """The arguments' shapes, with a message naming what was expected."""
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"q and k must both be (B, T, H, K); got {tuple(q.shape)} and {tuple(k.shape)}")
     B, T, H, K = q.shape
@@ -110,6 +111,13 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
     V = v.shape[-1]
     if initial_state is not None and initial_state.shape != (B, H, K, V):
         raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, V)}; got {tuple(initial_state.shape)}")
+
+
+def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
+    """For the recurrent form: shape checks, promotion to the compute dtype, optional q/k l2norm and the query
+    scale."""
+    _check(q, k, v, g, beta, initial_state)
+    K = q.shape[-1]
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
     if use_qk_l2norm_in_kernel:
@@ -150,8 +158,11 @@ def recurrent_kda(
     return o.to(out_dtype), (S if output_final_state else None)
 
 
-# chunks are processed in groups so that each group's (chunks, B*H, C, C) tensors stay in the CPU caches
-_GROUP_ELEMS = 1 << 18
+# chunks are processed in groups so that each group's (chunks, B*H, C, C) tensors stay in the CPU caches and the
+# backward's transient memory is one group's: 2^17 elements took 1.00-1.025x the fwd+bwd time of 2^18 (B 1-16,
+# H 2-4, T 256-8192, 2-core CPU, interleaved) for 21 MB less at the small model's shape (B 1, H 2, T 2048: 34 vs
+# 55 MB), where 2^18 made the whole sequence one group; 2^16 took 1.22-1.30x
+_GROUP_ELEMS = 1 << 17
 
 
 def _group_size(BH: int, C: int, D: int) -> int:
@@ -336,35 +347,54 @@ def _group_forward(gq, gk, gv, gg, gb, S, S0, og):
     return S
 
 
+def _kda_backward(q, k, v, g, beta, starts, do, dS):
+    """The backward of :func:`_kda_forward` on chunk-major tensors (its arguments, the kept start states, dO
+    (N, BH, C, V) and dLoss/dS of the final state (BH, K, V) or None): one reversed pass over the groups of chunks
+    (:func:`_group_backward`). Returns the gradients of q, k, v, g, beta (chunk-major) and of the initial
+    state."""
+    N, BH, C, K = q.shape
+    V = v.shape[-1]
+    dq, dk, dv, dg = (torch.empty_like(t) for t in (q, k, v, g))
+    dbeta = torch.empty_like(beta)
+    Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype)  # dLoss/dS at the current point
+    gs = _group_size(BH, C, max(K, V))
+    for a in reversed(range(0, N, gs)):
+        sl = slice(a, min(a + gs, N))
+        f3 = lambda x: x[sl].reshape(-1, *x.shape[2:])  # (n, BH, ...) -> (n * BH, ...)
+        Gc = _group_backward(f3(q), f3(k), f3(v), f3(g), f3(beta).unsqueeze(-1), f3(do), f3(starts), Gc,
+                             (f3(dq), f3(dk), f3(dg), f3(dv), f3(dbeta)))
+    return dq, dk, dv, dg, dbeta, Gc
+
+
 class _ChunkKDA(torch.autograd.Function):
-    """:func:`_kda_forward` with a hand-written backward that recomputes the chunk factors group by group; it
-    saves only its inputs and the chunks' start states."""
+    """:func:`_kda_forward` on the caller's tensors (runner/ops/chunk_layout.py) with a hand-written backward. What
+    it keeps for the backward is the caller's q, k, v, g, beta themselves (in the mixer, views of the short
+    convolution's output and the decay, which the layer keeps anyway) and the chunks' start states; the backward
+    recomputes the prepared chunk-major inputs (l2norm, scale, layout) and, group by group, the chunk factors."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, s0):
-        o, S, starts = _kda_forward(q, k, v, g, beta, s0, keep=True)
+    def forward(ctx, q, k, v, g, beta, s0, lay):
+        qc, kc, vc, gc, bc = lay.prepare(q, k, v, g, beta)
+        s0c = None if s0 is None else s0.to(lay.dt).reshape(lay.B * lay.HV, lay.K, lay.V)
+        o, S, starts = _kda_forward(qc, kc, vc, gc, bc, s0c, keep=True)
         ctx.save_for_backward(q, k, v, g, beta, starts)
-        ctx.has_s0 = s0 is not None
-        return o, S
+        ctx.lay, ctx.s0_dtype = lay, None if s0 is None else s0.dtype
+        return lay.unchunks(o), S.reshape(lay.B, lay.HV, lay.K, lay.V)
 
     @staticmethod
     @once_differentiable
     @full_precision  # a backward run inside an autocast region keeps the float32 math too
     def backward(ctx, do, dS):
         q, k, v, g, beta, starts = ctx.saved_tensors
-        N, BH, C, K = q.shape
-        V = v.shape[-1]
-        do = do.contiguous()
-        dq, dk, dv, dg = (torch.empty_like(t) for t in (q, k, v, g))
-        dbeta = torch.empty_like(beta)
-        Gc = q.new_zeros(BH, K, V) if dS is None else dS.to(q.dtype)  # dLoss/dS at the current point
-        gs = _group_size(BH, C, max(K, V))
-        for a in reversed(range(0, N, gs)):
-            sl = slice(a, min(a + gs, N))
-            f3 = lambda x: x[sl].reshape(-1, *x.shape[2:])  # (n, BH, ...) -> (n * BH, ...)
-            Gc = _group_backward(f3(q), f3(k), f3(v), f3(g), f3(beta).unsqueeze(-1), f3(do), f3(starts), Gc,
-                                 (f3(dq), f3(dk), f3(dg), f3(dv), f3(dbeta)))
-        return dq, dk, dv, dg, dbeta, (Gc if ctx.has_s0 else None)
+        lay = ctx.lay
+        qc, kc, vc, gc, bc = lay.prepare(q, k, v, g, beta)
+        dSc = None if dS is None else dS.reshape(lay.B * lay.HV, lay.K, lay.V)
+        dq, dk, dv, dg, dbeta, ds0 = _kda_backward(qc, kc, vc, gc, bc, starts, lay.chunks(do), dSc)
+        dq = lay.qk_grad(dq.mul_(lay.scale), q)
+        dk = lay.qk_grad(dk, k)
+        dv, dg, dbeta = lay.grad(dv, v), lay.grad(dg, g), lay.grad(dbeta, beta)
+        ds0 = None if ctx.s0_dtype is None else ds0.reshape(lay.B, lay.HV, lay.K, lay.V).to(ctx.s0_dtype)
+        return dq, dk, dv, dg, dbeta, ds0, None
 
 
 def _group_backward(gq, gk, gv, gg, gb, gdo, S0, Gc, out):
@@ -437,31 +467,47 @@ def chunk_kda(
     backward is written by hand (no autograd graph through the chunk internals)."""
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two (e.g. 32, 64), got {chunk_size}")
+    _check(q, k, v, g, beta, initial_state)
     out_dtype = q.dtype
-    q, k, v, g, beta, s0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    if T == 0:
-        S = q.new_zeros(B, H, K, V) if s0 is None else s0
-        return v.new_zeros(B, 0, H, V).to(out_dtype), (S if output_final_state else None)
-    C = chunk_size
-    N = -(-T // C)
-    pad = N * C - T
-    BH = B * H
-
-    def chunks(x):  # (B, T, H, D) -> (N, B*H, C, D), chunk-major; padded steps have k = 0, beta = 0, g = 0
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.reshape(B, N, C, H, -1).permute(1, 0, 3, 2, 4).reshape(N, BH, C, x.shape[-1]).contiguous()
-
-    q, k, v, g = chunks(q), chunks(k), chunks(v), chunks(g)
-    beta = chunks(beta.unsqueeze(-1)).squeeze(-1)                     # (N, BH, C)
-    s0 = None if s0 is None else s0.reshape(BH, K, V)
-    inputs = (q, k, v, g, beta) + (() if s0 is None else (s0,))
+    lay = ChunkLayout(q, v, scale, use_qk_l2norm_in_kernel, chunk_size, whole_chunks=True)
+    if lay.T == 0:
+        S = q.new_zeros(lay.B, lay.H, lay.K, lay.V, dtype=lay.dt) if initial_state is None else \
+            initial_state.to(lay.dt)
+        return v.new_zeros(lay.B, 0, lay.H, lay.V).to(out_dtype), (S if output_final_state else None)
+    inputs = (q, k, v, g, beta) + (() if initial_state is None else (initial_state,))
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        o, S = _ChunkKDA.apply(q, k, v, g, beta, s0)
-    else:
-        o, S, _ = _kda_forward(q, k, v, g, beta, s0, keep=False)
-    o = o.reshape(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T]
-    final = S.reshape(B, H, K, V) if output_final_state else None
-    return o.to(out_dtype), final
+        o, S = _ChunkKDA.apply(q, k, v, g, beta, initial_state, lay)
+    else:  # padded steps have k = 0, beta = 0, g = 0: the state passes through them unchanged
+        qc, kc, vc, gc, bc = lay.prepare(q, k, v, g, beta)
+        s0 = None if initial_state is None else initial_state.to(lay.dt).reshape(lay.B * lay.H, lay.K, lay.V)
+        o, S, _ = _kda_forward(qc, kc, vc, gc, bc, s0, keep=False)
+        o, S = lay.unchunks(o), S.reshape(lay.B, lay.H, lay.K, lay.V)
+    return o.to(out_dtype), (S if output_final_state else None)
+
+
+class _LogDecay(torch.autograd.Function):
+    """g = -exp(A_log) softplus(f) with a backward that needs only g (which the chunked op keeps anyway):
+    softplus(f) = -g / a, so dg/df = -a sigmoid(f) = a expm1(g / a) and dg/dA_log = g."""
+
+    @staticmethod
+    def forward(ctx, f, A_log):
+        a = A_log.to(f.dtype).exp().view(-1, 1)  # (H, 1) against f's (..., H, K)
+        g = F.softplus(f).mul_(a).neg_()
+        ctx.save_for_backward(g, A_log)
+        return g
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dg):
+        g, A_log = ctx.saved_tensors
+        a = A_log.to(g.dtype).exp().view(-1, 1)
+        df = torch.expm1(g / a).mul_(a).mul_(dg)
+        dA = (dg * g).sum(dim=tuple(range(g.dim() - 2)) + (-1,)).to(A_log.dtype)
+        return df, dA
+
+
+def kda_log_decay(f: torch.Tensor, A_log: torch.Tensor) -> torch.Tensor:
+    """KDA's per-channel log decay g = -exp(A_log) softplus(f) (Kimi Linear; f (..., H, K) the decay
+    projection's output with its bias, A_log (H,)), keeping for the backward only g itself, the chunked op's
+    input, instead of f and softplus(f) besides: 2 x 4 bytes per channel and token less in a KDA layer."""
+    return _LogDecay.apply(f, A_log)
