@@ -54,11 +54,12 @@ level yields exp(G) and exp(G_C - G) as well. Each factor is the product of exac
 Backward (``_ChunkKDA``, written by hand). The forward saves only the caller's q, k, v, g, beta themselves (the
 l2norm, the query scale and the chunk layout are recomputed in the backward: runner/ops/chunk_layout.py) and
 every chunk's start state S_0 (N x K x V per head): nothing of size C x C and no other per-token intermediate.
-The backward walks the groups of chunks in reverse. Per group it recomputes P, T, W, U, Q exp(G), Kc and the transitions from the inputs,
-runs the reverse state scan dS_0 = trans^T dS_end + Qs^T dO (Qs = Q exp(G) - P W, the mirror of the forward
-scan), then forms the gradients by hand: with Un = U - W S_0, dP = dO Un^T, d(Q exp(G)) = dO S_0^T,
-dKc = Un dS_end^T, dU = P^T dO + Kc dS_end, dW = -dU S_0^T, d exp(G_C) = sum_v dS_end S_0 (the transitions'
-diagonal); through [W | U] = T R, R = [beta K exp(G) | beta V]: dR = T^T [dW | dU] and, for T = (I + A)^-1,
+The backward walks the groups of chunks in reverse. Per group it recomputes P, T, W, U, Q exp(G), Kc and the
+transitions from the inputs, runs the reverse state scan dS_0 = trans^T dS_end + Qs^T dO (Qs = Q exp(G) - P W,
+the mirror of the forward scan), then forms the gradients by hand: with Un = U - W S_0, dP = dO Un^T,
+d(Q exp(G)) = dO S_0^T, dKc = Un dS_end^T, dU = P^T dO + Kc dS_end, dW = -dU S_0^T,
+d exp(G_C) = sum_v dS_end S_0 (the transitions' diagonal); through [W | U] = T R, R = [beta K exp(G) | beta V]:
+dR = T^T [dW | dU] and, for T = (I + A)^-1,
 dA = -T^T dT T^T = -dR [W | U]^T (its strictly lower part). The halving tree's
 backward takes the blocks of dP and dA level by level: for Z = [Q~_R; (beta K)~_R] and K~_L, dZ = [dP_RL;
 dA_RL] K~_L and dK~_L = [dP_RL; dA_RL]^T Z, which give q, beta k and k their terms. The decays' gradients are
