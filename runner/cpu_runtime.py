@@ -11,7 +11,8 @@ imports torch). Each is skipped when the user has set the corresponding environm
   every large block back to the kernel and page-faulting it in again at the next allocation. On the kernel
   benchmark at T 2048 and 8192 this took the system time from 3-3.7 s to 0.8 s and the time(8192)/time(2048)
   of the linear ops from 3.95-4.55 to 3.70-3.98. Resident memory then stays at its high-water mark while the
-  process runs; ``bench.memory=rss`` sets its own allocator mode for its measurements (runner/peakmem.py).
+  process runs; ``bench.memory=rss`` hands freed memory back before each of its measurements (``malloc_trim``,
+  runner/peakmem.py) and leaves these settings as they are.
 * PyTorch's C++ log shows errors only (``TORCH_CPP_LOG_LEVEL=ERROR``): its warnings, such as the profiler's "Memory
   block of unknown size was allocated before the profiling started" in the middle of the bench table, are
   notes about the library, not about the run. ``TORCH_CPP_LOG_LEVEL=WARNING python -m runner ...`` shows them.

@@ -10,9 +10,11 @@ Two methods, both in bytes above the baseline just before the region:
   every machine; not Python objects, the allocator's or libc's slack, or memory libraries take from the system
   themselves. The profiler slows the region, so timing runs are separate.
 * ``memory="rss"`` (CPU) -- physical memory: the resident-set high-water mark (``VmHWM``), reset before
-  the region through /proc/self/clear_refs, minus the resident size before it. glibc's dynamic mmap threshold is
-  pinned at 64 KiB and freed heap memory is handed back (``malloc_trim``) before the region, so earlier regions do
-  not hide later peaks. It counts every page touched (tensors and everything else), not memory allocated but
+  the region through /proc/self/clear_refs, minus the resident size before it. Freed heap memory is handed back
+  (``malloc_trim``) before the region, so earlier regions do not hide later peaks; the process's malloc settings
+  (runner/cpu_runtime.py) are left as they are (pinning glibc's mmap threshold at 64 KiB here, as this once did,
+  made every later tensor above it a fresh mapping faulted in page by page: the bench stage's training steps after
+  an rss measurement took 1.3-1.7x their time). It counts every page touched (tensors and everything else), not memory allocated but
   never touched, and the kernel updates its counters lazily (up to 64 pages per thread), so it is accurate to
   a few hundred KB. None where the kernel refuses the reset.
 """
@@ -28,7 +30,6 @@ from typing import Callable, Optional
 
 import torch
 
-_M_MMAP_THRESHOLD = -3
 _libc = None
 
 
@@ -37,7 +38,6 @@ def _get_libc():
     if _libc is None:
         try:
             _libc = ctypes.CDLL("libc.so.6")
-            _libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
         except OSError:
             _libc = False
     return _libc
