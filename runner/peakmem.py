@@ -14,9 +14,9 @@ Two methods, both in bytes above the baseline just before the region:
   (``malloc_trim``) before the region, so earlier regions do not hide later peaks; the process's malloc settings
   (runner/cpu_runtime.py) are left as they are (pinning glibc's mmap threshold at 64 KiB here, as this once did,
   made every later tensor above it a fresh mapping faulted in page by page: the bench stage's training steps after
-  an rss measurement took 1.3-1.7x their time). It counts every page touched (tensors and everything else), not memory allocated but
-  never touched, and the kernel updates its counters lazily (up to 64 pages per thread), so it is accurate to
-  a few hundred KB. None where the kernel refuses the reset.
+  an rss measurement took 1.3-1.7x their time). It counts every page touched (tensors, allocator slack and
+  everything else), not memory allocated but never touched, and the kernel updates its counters lazily (up to 64
+  pages per thread), so it is accurate to a few hundred KB. None where the kernel refuses the reset.
 """
 from __future__ import annotations
 
