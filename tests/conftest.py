@@ -21,10 +21,10 @@ def compose():
 
     register()
 
-    def _compose(*overrides):
+    def _compose(*overrides, hydra_config: bool = False):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -71,22 +71,13 @@ def test_typo_in_a_key_fails_at_composition(compose):
     (["experiment=recursion", "depth=shallow"], "_full=softmax_objective=fill_model=tiny_data=sudoku_depth=shallow"),
     (["arch=qwen3_next", "model=tiny", "full=mla"], "_full=mla_model=tiny_arch=qwen3_next"),  # the defaults' order
 ])
-def test_folder_names_carry_the_groups_chosen_away_from_the_defaults(overrides, tag):
+def test_folder_names_carry_the_groups_chosen_away_from_the_defaults(compose, overrides, tag):
     """A sweep over objective=, depth=, model=... names its jobs apart (conf/config.yaml's run and sweep folders)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from runner.config import choices_tag, register
-    from runner.paths import CONF_DIR
+    from runner.config import choices_tag
 
-    register()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose(*overrides, hydra_config=True)
     assert choices_tag(cfg.hydra.runtime.choices) == tag
     cfg.hydra.job.num = 3
     HydraConfig.instance().set_config(cfg)  # what a job sees: the folders resolve through ${hydra:runtime.choices}
