@@ -16,6 +16,12 @@ def rnorm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + 1e-6) over the last dim (the ops' recurrent forms; the chunked ones go through
+    :meth:`ChunkLayout.prepare`)."""
+    return x * rnorm(x)
+
+
 class ChunkLayout:
     """One op call's shapes and the moves between the two layouts. ``whole_chunks``: a sequence shorter than
     ``chunk_size`` is padded to a whole chunk (KDA's halving tree needs C = chunk_size, a power of two) instead of

@@ -51,12 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .chunk_layout import ChunkLayout, rnorm
+from .chunk_layout import ChunkLayout, l2norm
 from .precision import full_precision
-
-
-def _l2norm(x: torch.Tensor) -> torch.Tensor:
-    return x * rnorm(x)
 
 
 def _check(q, k, v, g, beta, initial_state):
@@ -87,7 +83,7 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
         q = q.repeat_interleave(HV // H, dim=2)
         k = k.repeat_interleave(HV // H, dim=2)
     if use_qk_l2norm_in_kernel:
-        q, k = _l2norm(q), _l2norm(k)
+        q, k = l2norm(q), l2norm(k)
     q = q * (K ** -0.5 if scale is None else scale)
     s0 = None if initial_state is None else initial_state.to(dt)
     return q, k, v, g, beta, s0

@@ -90,12 +90,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .chunk_layout import ChunkLayout
+from .chunk_layout import ChunkLayout, l2norm
 from .precision import full_precision
-
-
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
 def _check(q, k, v, g, beta, initial_state):
@@ -122,7 +118,7 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel):
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
     if use_qk_l2norm_in_kernel:
-        q, k = _l2norm(q), _l2norm(k)
+        q, k = l2norm(q), l2norm(k)
     q = q * (K ** -0.5 if scale is None else scale)
     s0 = None if initial_state is None else initial_state.to(dt)
     return q, k, v, g, beta, s0
